@@ -1,0 +1,73 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Every map of the datapath. Names are a contract with the Python agent
+ * (src/tendril/bpf); all maps are pinned by name (LIBBPF_PIN_BY_NAME) so
+ * a restarted agent, or an upgraded object, reuses them: conntrack and
+ * settings survive restarts and events queue while no agent runs.
+ */
+#ifndef TND_MAPS_H
+#define TND_MAPS_H
+
+#include "common.h"
+
+#define TND_RINGBUF_DEFAULT_SIZE (4U << 20)   /* the agent may resize before load */
+#define TND_CT_MAX_ENTRIES       65536
+#define TND_ENDPOINTS_MAX        4096
+
+/* Events (struct tnd_event), read in batches by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TND_RINGBUF_DEFAULT_SIZE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_events SEC(".maps");
+
+/* Events that did not fit in tnd_events: received + lost = produced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lost SEC(".maps");
+
+/* Conntrack. LRU so a full table evicts the coldest flow instead of
+ * refusing new ones; the agent's GC deletes entries past expires_ns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TND_CT_MAX_ENTRIES);
+	__type(key, struct tnd_ct_key);
+	__type(value, struct tnd_ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_ct SEC(".maps");
+
+/* Packet/byte counters, index = reason * 4 + direction (reason 0 = forwarded).
+ * Per-CPU: no atomics and no cache-line bouncing on the hot path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TND_METRICS_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct tnd_metrics_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_metrics SEC(".maps");
+
+/* Endpoints by host-side veth ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TND_ENDPOINTS_MAX);
+	__type(key, __u32);
+	__type(value, struct tnd_endpoint_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_endpoints SEC(".maps");
+
+/* Agent-written settings (one entry). Note: a freshly created map is all
+ * zeroes = trace level ALL, source check off; the agent writes its
+ * defaults (MEDIUM, source check on) before attaching the programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tnd_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_settings SEC(".maps");
+
+#endif /* TND_MAPS_H */

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The last step of every program: count the packet and report it.
+ *   tnd_drop():    metrics at the reason, a drop event (always), TC_ACT_SHOT
+ *   tnd_forward(): metrics at reason 0, a trace event if the trace level
+ *                  wants one, TC_ACT_OK
+ *   tnd_pass():    metrics at reason 0 only (ARP: forwarded, never traced)
+ * The skb is never modified.
+ */
+#ifndef TND_VERDICT_H
+#define TND_VERDICT_H
+
+#include "common.h"
+#include "events.h"
+#include "metrics.h"
+
+static __always_inline int tnd_drop(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h, __u8 reason)
+{
+	tnd_metrics_count(reason, h->metric_dir, p->len);
+	tnd_emit(skb, p, TND_EVENT_DROP, reason);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int tnd_pass(const struct tnd_pkt *p, const struct tnd_hook *h)
+{
+	tnd_metrics_count(0, h->metric_dir, p->len);
+	return TC_ACT_OK;
+}
+
+static __always_inline int tnd_forward(struct __sk_buff *skb, const struct tnd_pkt *p,
+				       const struct tnd_hook *h, __u32 trace_level)
+{
+	tnd_metrics_count(0, h->metric_dir, p->len);
+	if (tnd_trace_wanted(trace_level, p))
+		tnd_emit(skb, p, TND_EVENT_TRACE, h->obs_point);
+	return TC_ACT_OK;
+}
+
+#endif /* TND_VERDICT_H */

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Endpoint (pod) programs, attached to the pod's host-side veth with tcx:
+ *   tnd_from_container: tcx ingress = traffic leaving the pod
+ *                       (TRACE_FROM_LXC, metrics EGRESS, CT scope EGRESS,
+ *                       source IP verified)
+ *   tnd_to_container:   tcx egress = traffic entering the pod
+ *                       (TRACE_TO_LXC, metrics INGRESS, CT scope INGRESS)
+ * Both run the same pipeline; the hook constant selects the differences
+ * and, being constant, lets the compiler specialise each program.
+ */
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+#include "endpoint.h"
+#include "conntrack.h"
+#include "verdict.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook *h)
+{
+	const struct tnd_endpoint_info *ep;
+	struct tnd_settings settings;
+	struct tnd_pkt p = {};
+	int reason;
+
+	/* 1. Ours? Packets of other interfaces pass untouched. */
+	ep = tnd_endpoint_lookup(skb->ifindex);
+	if (!ep)
+		return TC_ACT_OK;
+	tnd_pkt_init(&p, skb, ep);
+	settings = tnd_settings_get();
+
+	/* 2. Parse; ARP passes (counted, never traced). */
+	reason = tnd_parse(skb, &p);
+	if (reason)
+		return tnd_drop(skb, &p, h, reason);
+	if (p.eth_proto == TND_ETH_P_ARP)
+		return tnd_pass(&p, h);
+
+	/* 3. Anti-spoofing on traffic the pod sends. */
+	if (h->check_source && (settings.flags & TND_SETTINGS_SOURCE_IP_CHECK) &&
+	    !tnd_source_ip_ok(ep, &p))
+		return tnd_drop(skb, &p, h, TND_DROP_INVALID_SOURCE_IP);
+
+	/* 4. Conntrack. */
+	reason = tnd_ct_process(&p, h->ct_scope);
+	if (reason)
+		return tnd_drop(skb, &p, h, reason);
+
+	/* 5. Count, trace as the level says, forward. */
+	return tnd_forward(skb, &p, h, settings.trace_level);
+}
+
+SEC("tc")
+int tnd_from_container(struct __sk_buff *skb)
+{
+	const struct tnd_hook h = {
+		.obs_point = TND_TRACE_FROM_LXC,
+		.metric_dir = TND_METRIC_EGRESS,
+		.ct_scope = TND_CT_EGRESS,
+		.check_source = 1,
+	};
+
+	return tnd_lxc(skb, &h);
+}
+
+SEC("tc")
+int tnd_to_container(struct __sk_buff *skb)
+{
+	const struct tnd_hook h = {
+		.obs_point = TND_TRACE_TO_LXC,
+		.metric_dir = TND_METRIC_INGRESS,
+		.ct_scope = TND_CT_INGRESS,
+		.check_source = 0,
+	};
+
+	return tnd_lxc(skb, &h);
+}

@@ -1,0 +1,52 @@
+"""A node's static configuration: its name, namespace and address plan.
+
+`tendril lab up` writes it to /var/run/tendril/<node>/node.json; `tendril agent --node NAME` reads
+it, and flags can override it for agents run by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+
+from tendril.common import paths
+from tendril.common.errors import TendrilError
+from tendril.common.jsonfile import read_json, write_json
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    netns: str | None = None  # the node's network namespace (None: the agent's current one)
+    index: int = 1
+    pod_cidr_v4: str = "10.244.1.0/24"
+    pod_cidr_v6: str = "fd00:10:244:1::/64"
+    underlay_ip: str = ""
+    mtu: int = 1500
+    lab: str = ""
+    ring_bytes: int = 4 << 20
+    trace_level: str = "medium"  # all | medium | none (Cilium monitor aggregation none/medium/drops only)
+
+    @property
+    def router_v4(self) -> str:
+        return str(next(ipaddress.IPv4Network(self.pod_cidr_v4).hosts()))
+
+    @property
+    def router_v6(self) -> str:
+        return str(ipaddress.IPv6Network(self.pod_cidr_v6).network_address + 1)
+
+    def save(self) -> None:
+        write_json(paths.node_config_file(self.name), asdict(self))
+
+    @classmethod
+    def load(cls, node: str) -> NodeConfig:
+        data = read_json(paths.node_config_file(node))
+        if data is None:
+            return cls(name=node)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise TendrilError(f"{paths.node_config_file(node)}: {e}") from None
+
+
+TRACE_LEVELS = {"all": 0, "medium": 1, "none": 2}

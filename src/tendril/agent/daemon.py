@@ -1,0 +1,229 @@
+"""`tendril agent --node NAME`: owns one node's datapath and answers on its Unix socket.
+
+Start-up order matters for restarts: load the datapath through the pinned maps, re-assert the
+recorded endpoints (links are switched atomically to the new programs), then drain what the kernel
+queued in the ring buffer while no agent was running, then serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from typing import Any
+
+import uvicorn
+
+from tendril.agent.api import build_app
+from tendril.agent.config import TRACE_LEVELS, NodeConfig
+from tendril.agent.datapath import Datapath
+from tendril.agent.endpoints import EndpointManager
+from tendril.agent.events import EventPump
+from tendril.agent.pods import PodManager
+from tendril.agent.state import NodeState
+from tendril.bpf import RingBufferReader, abi
+from tendril.common import paths
+from tendril.common.errors import InvalidInputError, TendrilError, require_root
+from tendril.hubble.parser.decode import EventDecoder
+from tendril.monitor.api import CT_STATE_TEXT
+
+log = logging.getLogger("tendril.agent")
+
+PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6", 132: "SCTP"}
+
+
+class Agent:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.state = NodeState.load(config.name)
+        self.datapath = Datapath(config.name, ring_bytes=config.ring_bytes)
+        self.lock = asyncio.Lock()
+        self.started = time.time()
+        self.ct_gc_runs = 0
+        self.ct_gc_removed = 0
+
+    # ---- start-up ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        require_root("agent")
+        if self.config.netns:
+            from tendril.datapath import netns
+
+            if not netns.exists(self.config.netns):
+                raise TendrilError(f"node network namespace {self.config.netns!r} does not exist")
+        self.datapath.load()
+        self.datapath.configure(TRACE_LEVELS[self.config.trace_level])
+        self.endpoints = EndpointManager(self.config, self.state, self.datapath)
+        failed = self.endpoints.restore()
+        if failed:
+            log.warning("endpoints not restored: %s", ", ".join(failed))
+        self.pods = PodManager(self.config, self.state, self.endpoints)
+        reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
+        decoder = EventDecoder(self.config.name, self.endpoints.lookup_ip, self.endpoints.ifname)
+        self.pump = EventPump(reader, decoder)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.pump.start(loop)
+        gc_task = loop.create_task(self._gc_loop())
+        sock = paths.agent_socket(self.config.name)
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        sock.unlink(missing_ok=True)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self), uds=str(sock), log_level="warning", lifespan="off", access_log=False
+            )
+        )
+        # uvicorn handles SIGTERM/SIGINT with plain signal handlers. Never use loop.add_signal_handler
+        # here: it shares a wakeup fd with every forked child (pyroute2 netns helpers), so a child
+        # being terminated would look like a SIGTERM to the agent.
+        serve = loop.create_task(server.serve())
+        while not server.started and not serve.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            os.chmod(sock, 0o600)
+            log.info("agent for node %s listening on %s", self.config.name, sock)
+        await serve
+        gc_task.cancel()
+        self.pump.stop(loop)
+        self.datapath.close()
+
+    async def _gc_loop(self, interval: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            async with self.lock:
+                self.ct_gc_removed += self.datapath.gc_ct()
+                self.ct_gc_runs += 1
+                self.pods.reap_all()
+
+    # ---- operations used by the API ------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.name,
+            "netns": self.config.netns,
+            "uptime_s": round(time.time() - self.started, 3),
+            "pid": os.getpid(),
+            "endpoints": len(self.state.endpoints),
+            "pods": len(self.state.pods),
+            "events_read": self.pump.events_read,
+            "events_lost": self.datapath.lost_events(),
+            "ct_gc_runs": self.ct_gc_runs,
+            "ct_gc_removed": self.ct_gc_removed,
+            "trace_level": self.config.trace_level,
+            "pod_cidr_v4": self.config.pod_cidr_v4,
+            "pod_cidr_v6": self.config.pod_cidr_v6,
+            "ring_bytes": self.config.ring_bytes,
+        }
+
+    def monitor_hello(self) -> dict[str, Any]:
+        return {"cpus": os.cpu_count(), "ring_bytes": self.config.ring_bytes, "node": self.config.name}
+
+    def runtime_config(self) -> dict[str, Any]:
+        return {"MonitorAggregationLevel": self.config.trace_level, "SourceIPVerification": True}
+
+    def set_config(self, body: dict[str, Any]) -> dict[str, Any]:
+        level = body.get("trace_level")
+        if level is not None:
+            if level not in TRACE_LEVELS:
+                raise InvalidInputError(f"invalid trace_level {level!r}: one of {', '.join(TRACE_LEVELS)}")
+            self.config.trace_level = level
+            self.datapath.configure(TRACE_LEVELS[level])
+            self.config.save()
+        return self.runtime_config()
+
+    def endpoint_list(self) -> list[dict[str, Any]]:
+        out = []
+        for ep in self.endpoints.list():
+            d = dict(ep.__dict__)
+            d["identity"] = 5  # reserved:init until identities exist
+            d["attach"] = self.datapath.attach_kind(ep.host_ifname)
+            d["state"] = "ready"
+            out.append(d)
+        return out
+
+    def endpoint_create(self, ns: str, pod: str, labels: dict[str, str]) -> dict[str, Any]:
+        return dict(self.endpoints.create(ns, pod, labels).__dict__)
+
+    def endpoint_delete(self, ns: str, pod: str) -> dict[str, Any]:
+        return dict(self.endpoints.delete(ns, pod).__dict__)
+
+    def namespace_apply(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"created": self.pods.ensure_namespace(name, labels)}
+
+    def pod_apply(
+        self,
+        ns: str,
+        name: str,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        containers: list[dict[str, Any]],
+        owner: str,
+    ) -> dict[str, Any]:
+        return {"result": self.pods.apply(ns, name, labels, annotations, containers, owner)}
+
+    def pod_delete(self, ns: str, name: str) -> dict[str, Any]:
+        self.pods.delete(ns, name)
+        return {"result": "deleted"}
+
+    def ct_list(self) -> list[dict[str, Any]]:
+        keys, values = self.datapath.ct_entries()
+        now = time.monotonic_ns()
+        out = []
+        for k, v in zip(keys, values, strict=True):
+            ver = int(k["ip_version"])
+            raw_s, raw_d = bytes(k["saddr"]), bytes(k["daddr"])
+            if ver == 4:
+                s, d = str(ipaddress.IPv4Address(raw_s[:4])), str(ipaddress.IPv4Address(raw_d[:4]))
+            else:
+                s, d = str(ipaddress.IPv6Address(raw_s)), str(ipaddress.IPv6Address(raw_d))
+            out.append(
+                {
+                    "ifindex": int(k["ifindex"]),
+                    "ip_version": ver,
+                    "proto": int(k["proto"]),
+                    "proto_name": PROTO_NAMES.get(int(k["proto"]), str(int(k["proto"]))),
+                    "saddr": s,
+                    "daddr": d,
+                    "sport": int(k["sport"]),
+                    "dport": int(k["dport"]),
+                    "scope": "OUT" if int(v["scope"]) == abi.CtScope.EGRESS else "IN",
+                    "expires_s": int(v["expires_ns"]) // 1_000_000_000,
+                    "remaining_s": max(0, (int(v["expires_ns"]) - now) // 1_000_000_000),
+                    "tx_packets": int(v["tx_packets"]),
+                    "tx_bytes": int(v["tx_bytes"]),
+                    "rx_packets": int(v["rx_packets"]),
+                    "rx_bytes": int(v["rx_bytes"]),
+                    "tx_flags_seen": int(v["tx_flags_seen"]),
+                    "rx_flags_seen": int(v["rx_flags_seen"]),
+                    "flags": int(v["flags"]),
+                    "ep_id": int(v["ep_id"]),
+                    "last_seen_s": int(v["last_seen_ns"]) // 1_000_000_000,
+                }
+            )
+        out.sort(key=lambda e: (e["ifindex"], e["proto"], e["saddr"], e["sport"]))
+        return out
+
+    def ct_flush(self) -> dict[str, Any]:
+        return {"deleted": self.datapath.flush_ct()}
+
+    def metrics_list(self) -> list[dict[str, Any]]:
+        rows = []
+        for reason, direction, packets, nbytes in self.datapath.metrics_totals():
+            rows.append({"reason": reason, "direction": direction, "packets": packets, "bytes": nbytes})
+        return rows
+
+
+def ct_state_name(state: int) -> str:
+    return CT_STATE_TEXT.get(state, str(state))
+
+
+def run_agent(config: NodeConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.netns:
+        from tendril.datapath.netns import _setns_current_thread
+
+        _setns_current_thread(config.netns)  # the whole (single-threaded so far) process joins the node
+    agent = Agent(config)
+    agent.setup()
+    asyncio.run(agent.run())

@@ -1,0 +1,144 @@
+"""The node's eBPF datapath as the agent sees it: one loaded object, its pinned maps, per-endpoint links.
+
+Loading always goes through the pinned maps (libbpf reuses them by name), so a restarted agent gets
+the same conntrack, metrics and ring buffer the kernel kept using while it was away; the pinned tcx
+links are then switched to the freshly loaded programs atomically, so traffic never sees a gap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tendril.bpf import BpfObject, Link, TypedMap, abi, attach_tc
+from tendril.bpf.bpffs import ensure_bpffs
+from tendril.bpf.maps import Map
+from tendril.common import paths
+from tendril.common.errors import TendrilError
+
+log = logging.getLogger(__name__)
+
+U32 = np.dtype("<u4")
+DIRECTIONS = (("ingress", "tnd_from_container"), ("egress", "tnd_to_container"))
+
+
+class Datapath:
+    def __init__(self, node: str, ring_bytes: int = 4 << 20, object_path: Path | None = None) -> None:
+        self.node = node
+        self.pin_dir = paths.bpf_pin_dir(node)
+        self.link_dir = self.pin_dir / "links"
+        self.object_path = object_path or paths.bpf_object_dir() / "lxc.o"
+        self.ring_bytes = ring_bytes
+        self.obj: BpfObject | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> None:
+        if not self.object_path.exists():
+            raise TendrilError(
+                f"BPF object {self.object_path} is missing: run `make -C bpf` (scripts/setup.sh)"
+            )
+        ensure_bpffs()
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        self.link_dir.mkdir(parents=True, exist_ok=True)
+        obj = BpfObject.open(
+            self.object_path, pin_root=self.pin_dir, map_sizes={"tnd_events": self.ring_bytes}
+        )
+        obj.load()
+        self.obj = obj
+        self.endpoints = TypedMap(obj.map("tnd_endpoints"), U32, abi.ENDPOINT_INFO_DTYPE)
+        self.ct = TypedMap(obj.map("tnd_ct"), abi.CT_KEY_DTYPE, abi.CT_VALUE_DTYPE)
+        self.metrics = TypedMap(obj.map("tnd_metrics"), U32, abi.METRICS_VALUE_DTYPE)
+        self.settings = TypedMap(obj.map("tnd_settings"), U32, abi.SETTINGS_DTYPE)
+        self.lost = TypedMap(obj.map("tnd_lost"), U32, np.dtype("<u8"))
+        self.events_map: Map = obj.map("tnd_events")
+
+    def close(self) -> None:
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def configure(self, trace_level: int, source_ip_check: bool = True) -> None:
+        value = np.zeros((), dtype=abi.SETTINGS_DTYPE)
+        value["trace_level"] = trace_level
+        value["flags"] = abi.SETTINGS_SOURCE_IP_CHECK if source_ip_check else 0
+        self.settings.update(np.uint32(0), value)
+
+    # ---- endpoints -----------------------------------------------------------------------------
+    def _link_path(self, ifname: str, direction: str) -> Path:
+        return self.link_dir / f"{ifname}-{direction}"
+
+    def attach_endpoint(self, ifindex: int, ifname: str, ep_id: int, ipv4: str, ipv6: str) -> None:
+        """Register the endpoint in the map first, then attach (or re-point) both programs."""
+        assert self.obj is not None
+        info = np.zeros((), dtype=abi.ENDPOINT_INFO_DTYPE)
+        info["ep_id"] = ep_id
+        info["ipv4"] = np.frombuffer(ipaddress.IPv4Address(ipv4).packed, dtype=np.uint8)
+        info["ipv6"] = np.frombuffer(ipaddress.IPv6Address(ipv6).packed, dtype=np.uint8)
+        self.endpoints.update(np.uint32(ifindex), info)
+        for direction, prog_name in DIRECTIONS:
+            # attach_tc re-points a live pinned link of an earlier agent atomically (no traffic gap)
+            link = attach_tc(
+                self.obj.program(prog_name), ifindex, direction, pin_path=self._link_path(ifname, direction)
+            )
+            link.close()
+
+    def detach_endpoint(self, ifindex: int, ifname: str) -> None:
+        for direction, _ in DIRECTIONS:
+            pin = self._link_path(ifname, direction)
+            if pin.exists():
+                try:
+                    Link.open_pinned(pin).detach()
+                except Exception as e:
+                    log.info("detach %s %s: %s", ifname, direction, e)
+                pin.unlink(missing_ok=True)
+        self.endpoints.delete(np.uint32(ifindex))
+        self.flush_ct(ifindex)
+
+    def attach_kind(self, ifname: str) -> str:
+        pin = self._link_path(ifname, "ingress")
+        return "tcx" if pin.exists() else "tc"
+
+    # ---- conntrack -----------------------------------------------------------------------------
+    def ct_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ct.to_arrays()
+
+    def flush_ct(self, ifindex: int | None = None) -> int:
+        keys, _ = self.ct.to_arrays()
+        n = 0
+        for k in keys:
+            if ifindex is None or int(k["ifindex"]) == ifindex:
+                n += int(self.ct.delete(k))
+        return n
+
+    def gc_ct(self) -> int:
+        """Delete expired entries (Cilium's agent-side CT GC); returns how many were removed."""
+        now = time.monotonic_ns()
+        keys, values = self.ct.to_arrays()
+        if len(keys) == 0:
+            return 0
+        expired = np.nonzero(values["expires_ns"] < now)[0]
+        removed = 0
+        for i in expired:
+            removed += int(self.ct.delete(keys[i]))
+        return removed
+
+    # ---- counters ------------------------------------------------------------------------------
+    def metrics_totals(self) -> list[tuple[int, int, int, int]]:
+        """(reason, direction, packets, bytes) for every non-zero slot, summed over CPUs."""
+        out = []
+        keys, values = self.metrics.to_arrays()
+        for k, v in zip(keys, values, strict=True):
+            packets = int(np.sum(v["packets"]))
+            if packets == 0:
+                continue
+            idx = int(k)
+            out.append((idx // 4, idx % 4, packets, int(np.sum(v["bytes"]))))
+        return out
+
+    def lost_events(self) -> int:
+        v = self.lost.lookup(np.uint32(0))
+        return int(np.sum(v)) if v is not None else 0

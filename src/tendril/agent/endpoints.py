@@ -1,0 +1,141 @@
+"""Endpoints: a pod's network identity on this node (netns, veth, addresses, cgroup, datapath hook).
+
+Create and restore share one path (`_realise`): every step is idempotent, so an agent restarted after
+kill -9 simply re-asserts each recorded endpoint and nothing that already matches is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tendril.agent.config import NodeConfig
+from tendril.agent.datapath import Datapath
+from tendril.agent.state import EndpointRecord, NodeState
+from tendril.common.errors import NotFoundError
+from tendril.datapath import cgroup, podnet
+from tendril.endpoint.ipam import IPAM
+from tendril.hubble.parser.flow import EndpointMeta
+
+log = logging.getLogger(__name__)
+
+
+class EndpointManager:
+    def __init__(self, config: NodeConfig, state: NodeState, datapath: Datapath) -> None:
+        self.config = config
+        self.state = state
+        self.datapath = datapath
+        self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
+        self._by_ip: dict[str, EndpointMeta] = {}
+        self._ifnames: dict[int, str] = {}
+        self._reindex()
+
+    # ---- lookups used by the flow parser -------------------------------------------------------
+    def _reindex(self) -> None:
+        by_ip: dict[str, EndpointMeta] = {}
+        ifnames: dict[int, str] = {}
+        for ep in self.state.endpoints.values():
+            meta = self.meta(ep)
+            by_ip[ep.ipv4] = meta
+            by_ip[ep.ipv6] = meta
+            ifnames[ep.host_ifindex] = ep.host_ifname
+        self._by_ip, self._ifnames = by_ip, ifnames
+
+    @staticmethod
+    def meta(ep: EndpointRecord) -> EndpointMeta:
+        labels = tuple(sorted(f"k8s:{k}={v}" for k, v in ep.labels.items())) + (
+            f"k8s:io.kubernetes.pod.namespace={ep.namespace}",
+        )
+        return EndpointMeta(id=ep.id, namespace=ep.namespace, pod_name=ep.pod, labels=labels, identity=5)
+
+    def lookup_ip(self, ip: str) -> EndpointMeta | None:
+        return self._by_ip.get(ip)
+
+    def ifname(self, ifindex: int) -> str:
+        return self._ifnames.get(ifindex, "")
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def get(self, namespace: str, pod: str) -> EndpointRecord:
+        ep = self.state.endpoints.get(f"{namespace}/{pod}")
+        if ep is None:
+            raise NotFoundError(f'endpoint for pod "{namespace}/{pod}" not found')
+        return ep
+
+    def by_id(self, ep_id: int) -> EndpointRecord:
+        for ep in self.state.endpoints.values():
+            if ep.id == ep_id:
+                return ep
+        raise NotFoundError(f"endpoint {ep_id} not found")
+
+    def list(self) -> list[EndpointRecord]:
+        return sorted(self.state.endpoints.values(), key=lambda e: e.id)
+
+    def create(self, namespace: str, pod: str, labels: dict[str, str]) -> EndpointRecord:
+        key = f"{namespace}/{pod}"
+        ep = self.state.endpoints.get(key)
+        if ep is None:
+            v4, v6 = self.ipam.allocate(key)
+            ep = EndpointRecord(
+                id=self.state.allocate_endpoint_id(),
+                namespace=namespace,
+                pod=pod,
+                labels=dict(labels),
+                ipv4=str(v4),
+                ipv6=str(v6),
+                netns=podnet.pod_netns_name(self.config.name, namespace, pod),
+                host_ifname=podnet.host_ifname_for(self.config.name, namespace, pod),
+                host_ifindex=0,
+                cgroup="",
+                created=time.time(),
+            )
+        ep.labels = dict(labels)
+        self._realise(ep)
+        self.state.endpoints[key] = ep
+        self.state.ipam = self.ipam.to_dict()
+        self.state.save()
+        self._reindex()
+        return ep
+
+    def _realise(self, ep: EndpointRecord) -> None:
+        net = podnet.create_pod_network(
+            node_netns=self.config.netns,
+            pod_netns=ep.netns,
+            host_ifname=ep.host_ifname,
+            ipv4=ep.ipv4,
+            ipv6=ep.ipv6,
+            router_v4=self.config.router_v4,
+            mtu=self.config.mtu,
+        )
+        ep.host_ifindex = net.host_ifindex
+        ep.cgroup = str(cgroup.create_pod_cgroup(self.config.name, podnet.pod_key(ep.namespace, ep.pod)))
+        self.datapath.attach_endpoint(ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6)
+
+    def restore(self) -> list[str]:
+        """Re-assert every recorded endpoint; returns the keys that could not be restored."""
+        failed = []
+        for key, ep in list(self.state.endpoints.items()):
+            try:
+                self._realise(ep)
+            except Exception as e:  # keep the rest of the node working
+                log.error("restoring endpoint %s failed: %s", key, e)
+                failed.append(key)
+        self.state.save()
+        self._reindex()
+        return failed
+
+    def delete(self, namespace: str, pod: str) -> EndpointRecord:
+        ep = self.get(namespace, pod)
+        self.datapath.detach_endpoint(ep.host_ifindex, ep.host_ifname)
+        if ep.cgroup:
+            cgroup.remove(
+                cgroup.pod_cgroup_path(self.config.name, podnet.pod_key(ep.namespace, ep.pod)), kill=True
+            )
+        podnet.delete_pod_network(
+            node_netns=self.config.netns, pod_netns=ep.netns, host_ifname=ep.host_ifname
+        )
+        self.ipam.release(ep.key)
+        del self.state.endpoints[ep.key]
+        self.state.ipam = self.ipam.to_dict()
+        self.state.save()
+        self._reindex()
+        return ep

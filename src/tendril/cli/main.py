@@ -1,0 +1,52 @@
+"""`tendril`: one command line for the agent, the lab, and the cilium-dbg / hubble style views."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tendril.common.errors import TendrilError
+
+
+class TendrilGroup(click.Group):
+    """Turns every TendrilError (and missing privileges) into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201
+        try:
+            return super().invoke(ctx)
+        except TendrilError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except PermissionError as e:
+            click.echo(f"Error: permission denied ({e.filename or e}): tendril needs root", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=TendrilGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Tendril: an eBPF datapath with Hubble-compatible observability."""
+
+
+def _register() -> None:
+    from tendril.cli import agent_cmd, dbg_cmds, k8s_cmds, lab_cmds, observe_cmd, workload_cmds
+
+    cli.add_command(agent_cmd.agent)
+    cli.add_command(lab_cmds.lab)
+    for cmd in (k8s_cmds.apply, k8s_cmds.delete, k8s_cmds.get, k8s_cmds.exec_):
+        cli.add_command(cmd)
+    for cmd in (dbg_cmds.endpoint, dbg_cmds.bpf, dbg_cmds.monitor, dbg_cmds.config, dbg_cmds.status):
+        cli.add_command(cmd)
+    cli.add_command(observe_cmd.observe)
+    cli.add_command(workload_cmds.workload)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="tendril")
+
+
+if __name__ == "__main__":
+    main()

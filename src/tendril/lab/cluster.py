@@ -1,0 +1,152 @@
+"""`tendril lab up/down`: the lab's topology plus one agent per node, and the record that ties them.
+
+The lab record (/var/run/tendril/labs/<lab>.json) lists what this lab started (agent pids with their
+start times) so `lab down` stops exactly those processes and nothing else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tendril.agent.config import NodeConfig
+from tendril.bpf.bpffs import ensure_bpffs, remove_pins
+from tendril.common import paths
+from tendril.common.errors import TendrilError, require_root
+from tendril.common.jsonfile import read_json, write_json
+from tendril.datapath import netns as netns_mod
+from tendril.lab import runtime, topology
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _tendril_exe() -> str:
+    exe = Path(sys.executable).parent / "tendril"
+    return str(exe) if exe.exists() else (shutil.which("tendril") or "tendril")
+
+
+def load_lab(lab: str) -> dict[str, Any] | None:
+    return read_json(paths.lab_state_file(lab))
+
+
+def _agent_healthy(node: str) -> bool:
+    from tendril.cli.client import AgentClient
+
+    with AgentClient(node) as c:
+        return c.healthy()
+
+
+def start_agent(cfg: NodeConfig, wait: float = 30.0) -> dict[str, int]:
+    """Start the node's agent inside the node netns (nsenter keeps /sys/fs/bpf visible)."""
+    run_dir = paths.node_run_dir(cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logf = open(run_dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+    argv = [*netns_mod.nsenter_argv(cfg.netns or "", [_tendril_exe(), "agent", "--node", cfg.name])]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    logf.close()
+    start = runtime.process_start_time(proc.pid) or 0
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (run_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise TendrilError(f"agent for {cfg.name} exited ({proc.returncode}): " + " | ".join(tail))
+        if _agent_healthy(cfg.name):
+            return {"pid": proc.pid, "start_time": start}
+        time.sleep(0.1)
+    raise TendrilError(
+        f"agent for {cfg.name} did not become ready in {wait:.0f}s (see {run_dir / 'agent.log'})"
+    )
+
+
+def lab_up(
+    lab: str = "tendril",
+    nodes: int = 1,
+    underlay: str = str(topology.DEFAULT_UNDERLAY),
+    trace_level: str = "medium",
+    progress: Progress = lambda s: None,
+) -> dict[str, Any]:
+    require_root("lab up")
+    ensure_bpffs()
+    obj = paths.bpf_object_dir() / "lxc.o"
+    if not obj.exists():
+        raise TendrilError(f"BPF object {obj} is missing: run scripts/setup.sh (it builds bpf/)")
+    spec = topology.LabSpec(name=lab, underlay=ipaddress.IPv4Network(underlay), nodes=nodes)
+    try:
+        spec.validate()
+    except topology.LabError as e:
+        raise TendrilError(str(e)) from None
+    existing = load_lab(lab) or {}
+    progress(f"creating lab {lab!r}: {nodes} node(s) on underlay {spec.underlay}")
+    infos = topology.create_lab(spec)
+    record: dict[str, Any] = {
+        "name": lab,
+        "underlay": str(spec.underlay),
+        "nodes": [],
+        "created": time.time(),
+    }
+    record["created"] = existing.get("created", record["created"])
+    for info in infos:
+        cfg = NodeConfig(
+            name=info.name,
+            netns=info.netns,
+            index=info.index,
+            pod_cidr_v4=str(info.pod_cidr_v4),
+            pod_cidr_v6=str(info.pod_cidr_v6),
+            underlay_ip=str(info.underlay_ip),
+            mtu=spec.mtu,
+            lab=lab,
+            trace_level=trace_level,
+        )
+        old = next((n for n in existing.get("nodes", []) if n["name"] == info.name), None)
+        if (
+            old
+            and runtime.process_alive(old["agent_pid"], old["agent_start_time"])
+            and _agent_healthy(info.name)
+        ):
+            progress(f"node {info.name}: agent already running (pid {old['agent_pid']})")
+            agent = {"pid": old["agent_pid"], "start_time": old["agent_start_time"]}
+        else:
+            cfg.save()
+            progress(f"node {info.name}: starting agent ({info.pod_cidr_v4}, {info.pod_cidr_v6})")
+            agent = start_agent(cfg)
+        record["nodes"].append(
+            {
+                "name": info.name,
+                "netns": info.netns,
+                "index": info.index,
+                "underlay_ip": str(info.underlay_ip),
+                "pod_cidr_v4": str(info.pod_cidr_v4),
+                "pod_cidr_v6": str(info.pod_cidr_v6),
+                "agent_pid": agent["pid"],
+                "agent_start_time": agent["start_time"],
+            }
+        )
+        write_json(paths.lab_state_file(lab), record)
+    return record
+
+
+def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
+    require_root("lab down")
+    record = load_lab(lab) or {"nodes": []}
+    names = [n["name"] for n in record["nodes"]]
+    for n in record["nodes"]:
+        progress(f"node {n['name']}: stopping agent (pid {n['agent_pid']})")
+        runtime.stop(n["agent_pid"], n["agent_start_time"], timeout=5.0)
+    progress(f"removing lab {lab!r}: pods, nodes, bridge, cgroups")
+    try:
+        topology.destroy_lab(lab)
+    except topology.LabError as e:
+        raise TendrilError(str(e)) from None
+    for node in {*names, *(p.name for p in paths.RUN_ROOT.glob(f"{lab}-node*"))}:
+        remove_pins(node)
+        shutil.rmtree(paths.node_run_dir(node), ignore_errors=True)
+    paths.lab_state_file(lab).unlink(missing_ok=True)
