@@ -35,22 +35,27 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	/* 2. Parse; ARP passes (counted, never traced). */
 	reason = tnd_parse(skb, &p);
 	if (reason)
-		return tnd_drop(skb, &p, h, reason);
+		goto drop;
 	if (p.eth_proto == TND_ETH_P_ARP)
 		return tnd_pass(&p, h);
 
 	/* 3. Anti-spoofing on traffic the pod sends. */
 	if (h->check_source && (settings.flags & TND_SETTINGS_SOURCE_IP_CHECK) &&
-	    !tnd_source_ip_ok(ep, &p))
-		return tnd_drop(skb, &p, h, TND_DROP_INVALID_SOURCE_IP);
+	    !tnd_source_ip_ok(ep, &p)) {
+		reason = TND_DROP_INVALID_SOURCE_IP;
+		goto drop;
+	}
 
 	/* 4. Conntrack. */
 	reason = tnd_ct_process(&p, h->ct_scope);
 	if (reason)
-		return tnd_drop(skb, &p, h, reason);
+		goto drop;
 
 	/* 5. Count, trace as the level says, forward. */
 	return tnd_forward(skb, &p, h, settings.trace_level);
+
+drop:	/* one exit for every drop: one inlined copy of the event code */
+	return tnd_drop(skb, &p, h, reason);
 }
 
 SEC("tc")

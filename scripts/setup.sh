@@ -34,6 +34,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -e ".[dev]"
   touch "$stamp"
 fi
+"$venv/bin/python" scripts/gen_proto.py --quiet  # Hubble gRPC code (skips when up to date)
 
 echo "==> building BPF objects"
 make -s -C bpf

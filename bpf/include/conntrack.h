@@ -8,7 +8,12 @@
  *   reversed tuple found  -> REPLY (TND_EVF_IS_REPLY), counted rx
  *   neither               -> NEW: entry created with the program's scope
  *   ICMP error            -> the embedded packet's tuple, then its reverse
- *                            -> RELATED (never creates an entry; NEW if none)
+ *                            -> RELATED (never creates an entry; NEW if none).
+ *                            Counted in the direction it travels (the
+ *                            reply direction when the embedded tuple is
+ *                            the entry's own, with TND_EVF_IS_REPLY) and
+ *                            refreshes last_seen, not the lifetime: errors
+ *                            must not keep a dead flow alive.
  *   IPv4/IPv6 fragment other than the first (no ports to build a tuple)
  *                         -> not tracked; reported as ESTABLISHED with
  *                            TND_EVF_FRAGMENT (the first fragment, which
@@ -37,6 +42,13 @@
 #include "maps.h"
 
 #define TND_EEXIST 17
+
+/* tnd_ct_update() ORs into the 32-bit words that hold these fields. */
+_Static_assert(__builtin_offsetof(struct tnd_ct_value, scope) == 56 &&
+	       __builtin_offsetof(struct tnd_ct_value, tx_flags_seen) == 57 &&
+	       __builtin_offsetof(struct tnd_ct_value, rx_flags_seen) == 58 &&
+	       __builtin_offsetof(struct tnd_ct_value, flags) == 60,
+	       "struct tnd_ct_value layout changed: update tnd_ct_update()");
 
 #define TND_CTF_CLOSING (TND_CTF_TX_CLOSING | TND_CTF_RX_CLOSING)
 

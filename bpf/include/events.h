@@ -40,7 +40,8 @@ static __always_inline void tnd_count_lost(void)
 		*lost += 1;
 }
 
-static __always_inline void tnd_emit(struct __sk_buff *skb, const struct tnd_pkt *p, __u8 type, __u8 subtype)
+static __always_inline void tnd_emit(struct __sk_buff *skb, const struct tnd_pkt *p, __u8 type, __u8 subtype,
+				     __u16 hook_flags)
 {
 	struct tnd_event *e = bpf_ringbuf_reserve(&tnd_events, sizeof(*e), 0);
 
@@ -60,7 +61,7 @@ static __always_inline void tnd_emit(struct __sk_buff *skb, const struct tnd_pkt
 	e->sport = p->tuple.sport;
 	e->dport = p->tuple.dport;
 	e->ep_id = p->ep_id;
-	e->flags = p->ev_flags;
+	e->flags = p->ev_flags | hook_flags;
 	e->ifindex = p->tuple.ifindex;
 	e->hash = bpf_get_hash_recalc(skb);
 	e->pkt_len = p->len;
@@ -77,7 +78,7 @@ static __always_inline int tnd_trace_wanted(__u32 level, const struct tnd_pkt *p
 	if (level == TND_TRACE_LEVEL_NONE)
 		return 0;
 	/* MEDIUM, and any unknown level */
-	return (p->ct_state == TND_CT_NEW && !p->no_l4) || p->first_reply ||
+	return p->ct_state == TND_CT_NEW || p->first_reply ||
 	       (p->tcp_flags & (TND_TCP_SYN | TND_TCP_FIN | TND_TCP_RST)) ||
 	       (p->ev_flags & TND_EVF_ICMP_ERROR);
 }

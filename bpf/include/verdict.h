@@ -14,10 +14,16 @@
 #include "events.h"
 #include "metrics.h"
 
+/* Event flags that depend only on the attach point: which way the packet crosses the endpoint. */
+static __always_inline __u16 tnd_hook_flags(const struct tnd_hook *h)
+{
+	return h->metric_dir == TND_METRIC_INGRESS ? TND_EVF_INGRESS : 0;
+}
+
 static __always_inline int tnd_drop(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h, __u8 reason)
 {
 	tnd_metrics_count(reason, h->metric_dir, p->len);
-	tnd_emit(skb, p, TND_EVENT_DROP, reason);
+	tnd_emit(skb, p, TND_EVENT_DROP, reason, tnd_hook_flags(h));
 	return TC_ACT_SHOT;
 }
 
@@ -32,7 +38,7 @@ static __always_inline int tnd_forward(struct __sk_buff *skb, const struct tnd_p
 {
 	tnd_metrics_count(0, h->metric_dir, p->len);
 	if (tnd_trace_wanted(trace_level, p))
-		tnd_emit(skb, p, TND_EVENT_TRACE, h->obs_point);
+		tnd_emit(skb, p, TND_EVENT_TRACE, h->obs_point, tnd_hook_flags(h));
 	return TC_ACT_OK;
 }
 

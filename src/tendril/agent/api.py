@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tendril.common.errors import InvalidInputError, NotFoundError, TendrilError
-from tendril.hubble.parser.flow import Flow, flow_to_wire
+from tendril.hubble.parser.flow import flow_from_row, flow_to_wire
 from tendril.monitor.api import EVENT_TYPE_NAMES
 
 if TYPE_CHECKING:
@@ -99,27 +99,40 @@ def build_app(agent: Agent) -> Starlette:
         return await call(agent.set_config, body)
 
     async def flows(request: Request) -> Response:
-        last = int(request.query_params.get("last", "100"))
-        pred = _predicate(request.query_params.get("type"))
-        selected = [f for f in agent.pump.recent if pred(f)][-last:] if last > 0 else []
-        return JSONResponse([flow_to_wire(f) for f in selected])
+        try:
+            last = int(request.query_params.get("last", "100"))
+            wanted = _event_type(request.query_params.get("type"))
+        except (ValueError, TendrilError) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        rows = agent.ring.view_all()
+        if wanted is not None:
+            rows = rows[rows["event_type"] == wanted]
+        rows = rows[-last:] if last > 0 else rows[:0]
+        return JSONResponse([flow_to_wire(flow_from_row(r, agent.tables)) for r in rows])
 
     async def monitor(request: Request) -> Response:
-        pred = _predicate(request.query_params.get("type"))
-        sub = agent.pump.subscribe(pred)
+        try:
+            wanted = _event_type(request.query_params.get("type"))
+        except TendrilError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
 
         async def stream() -> AsyncIterator[bytes]:
-            try:
-                yield (json.dumps({"hello": agent.monitor_hello()}) + "\n").encode()
-                while True:
-                    try:
-                        f = await asyncio.wait_for(sub.queue.get(), timeout=1.0)
-                    except TimeoutError:
-                        yield b"\n"  # keep-alive; also notices a gone client
-                        continue
-                    yield (json.dumps({"flow": flow_to_wire(f)}) + "\n").encode()
-            finally:
-                agent.pump.unsubscribe(sub)
+            yield (json.dumps({"hello": agent.monitor_hello()}) + "\n").encode()
+            cursor = agent.ring.written
+            while True:
+                if not await agent.ring.wait(cursor, timeout=1.0):
+                    yield b"\n"  # keep-alive; also notices a gone client
+                    continue
+                lost = agent.ring.oldest - cursor
+                if lost > 0:
+                    yield (json.dumps({"lost": lost}) + "\n").encode()
+                rows = agent.ring.read(cursor, agent.ring.written)
+                cursor = agent.ring.written
+                if wanted is not None:
+                    rows = rows[rows["event_type"] == wanted]
+                out = [json.dumps({"flow": flow_to_wire(flow_from_row(r, agent.tables))}) for r in rows]
+                if out:
+                    yield ("\n".join(out) + "\n").encode()
 
         return StreamingResponse(stream(), media_type="application/x-ndjson")
 
@@ -148,14 +161,9 @@ def build_app(agent: Agent) -> Starlette:
     return app
 
 
-def _predicate(kind: str | None):  # noqa: ANN202
+def _event_type(kind: str | None) -> int | None:
     if not kind:
-        return lambda f: True
+        return None
     if kind not in EVENT_TYPE_NAMES:
         raise InvalidInputError(f"unknown event type {kind!r} (drop, trace, policy-verdict)")
-    wanted = EVENT_TYPE_NAMES[kind]
-
-    def pred(f: Flow) -> bool:
-        return f.event_type == wanted
-
-    return pred
+    return EVENT_TYPE_NAMES[kind]

@@ -26,6 +26,14 @@ class NodeConfig:
     lab: str = ""
     ring_bytes: int = 4 << 20
     trace_level: str = "medium"  # all | medium | none (Cilium monitor aggregation none/medium/drops only)
+    hubble_buffer_capacity: int = 65535  # flows kept in the agent's ring (2^n - 1)
+    hubble_listen_address: str = ":4244"  # TCP for the Observer, in the node's netns ("" = off)
+    hubble_metrics_server: str = ":9965"
+    hubble_metrics: str = ""  # Hubble's syntax, e.g. "flow drop tcp:sourceContext=pod"; "" = off
+    prometheus_serve_addr: str = ":9962"  # agent metrics ("" = off)
+    hubble_export_file: str = ""
+    hubble_export_file_max_size_mb: int = 10
+    hubble_export_file_max_backups: int = 5
 
     @property
     def router_v4(self) -> str:

@@ -26,7 +26,8 @@ from tendril.agent.state import NodeState
 from tendril.bpf import RingBufferReader, abi
 from tendril.common import paths
 from tendril.common.errors import InvalidInputError, TendrilError, require_root
-from tendril.hubble.parser.decode import EventDecoder
+from tendril.hubble.container import FlowRing
+from tendril.hubble.record import Tables
 from tendril.monitor.api import CT_STATE_TEXT
 
 log = logging.getLogger("tendril.agent")
@@ -54,14 +55,16 @@ class Agent:
                 raise TendrilError(f"node network namespace {self.config.netns!r} does not exist")
         self.datapath.load()
         self.datapath.configure(TRACE_LEVELS[self.config.trace_level])
-        self.endpoints = EndpointManager(self.config, self.state, self.datapath)
+        self.tables = Tables()
+        self.ring = FlowRing(self.config.hubble_buffer_capacity)
+        self.endpoints = EndpointManager(self.config, self.state, self.datapath, self.tables)
         failed = self.endpoints.restore()
         if failed:
             log.warning("endpoints not restored: %s", ", ".join(failed))
         self.pods = PodManager(self.config, self.state, self.endpoints)
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
-        decoder = EventDecoder(self.config.name, self.endpoints.lookup_ip, self.endpoints.ifname)
-        self.pump = EventPump(reader, decoder)
+        node_id = self.tables.strings.intern(self.config.name)
+        self.pump = EventPump(reader, self.ring, node_id, self.endpoints)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -6,8 +6,11 @@ kill -9 simply re-asserts each recorded endpoint and nothing that already matche
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
+
+import numpy as np
 
 from tendril.agent.config import NodeConfig
 from tendril.agent.datapath import Datapath
@@ -15,38 +18,73 @@ from tendril.agent.state import EndpointRecord, NodeState
 from tendril.common.errors import NotFoundError
 from tendril.datapath import cgroup, podnet
 from tendril.endpoint.ipam import IPAM
-from tendril.hubble.parser.flow import EndpointMeta
+from tendril.hubble.record import EndpointMeta, Tables
 
 log = logging.getLogger(__name__)
 
 
+def _workloads(ep: EndpointRecord) -> tuple[tuple[str, str], ...]:
+    if ep.owner:
+        kind, _, name = ep.owner.partition("/")
+        return ((name, kind),)
+    return ((ep.pod, "Pod"),)
+
+
 class EndpointManager:
-    def __init__(self, config: NodeConfig, state: NodeState, datapath: Datapath) -> None:
+    def __init__(self, config: NodeConfig, state: NodeState, datapath: Datapath, tables: Tables) -> None:
         self.config = config
+        self.tables = tables
         self.state = state
         self.datapath = datapath
         self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
         self._by_ip: dict[str, EndpointMeta] = {}
+        self._ip_ids: dict[bytes, int] = {}
         self._ifnames: dict[int, str] = {}
         self._reindex()
 
     # ---- lookups used by the flow parser -------------------------------------------------------
     def _reindex(self) -> None:
         by_ip: dict[str, EndpointMeta] = {}
+        ip_ids: dict[bytes, int] = {}
         ifnames: dict[int, str] = {}
         for ep in self.state.endpoints.values():
             meta = self.meta(ep)
+            meta_id = self.tables.endpoints.intern(meta)
             by_ip[ep.ipv4] = meta
             by_ip[ep.ipv6] = meta
+            ip_ids[ipaddress.IPv4Address(ep.ipv4).packed + bytes(12)] = meta_id
+            ip_ids[ipaddress.IPv6Address(ep.ipv6).packed] = meta_id
             ifnames[ep.host_ifindex] = ep.host_ifname
-        self._by_ip, self._ifnames = by_ip, ifnames
+        self._by_ip, self._ip_ids, self._ifnames = by_ip, ip_ids, ifnames
+
+    # ---- the parser's Resolver (vectorised callers pass distinct values) -------------------------
+    def endpoint_ids(self, addrs: np.ndarray) -> np.ndarray:
+        ids = self._ip_ids
+        return np.fromiter((ids.get(a.tobytes(), 0) for a in addrs), dtype=np.uint32, count=len(addrs))
+
+    def identity_of(self, meta_ids: np.ndarray) -> np.ndarray:
+        ep = self.tables.endpoint
+        return np.fromiter((ep(i).identity for i in meta_ids), dtype=np.uint32, count=len(meta_ids))
+
+    def ifname_ids(self, ifindexes: np.ndarray) -> np.ndarray:
+        intern, names = self.tables.strings.intern, self._ifnames
+        return np.fromiter(
+            (intern(names.get(int(i), "")) for i in ifindexes), dtype=np.uint32, count=len(ifindexes)
+        )
 
     @staticmethod
     def meta(ep: EndpointRecord) -> EndpointMeta:
         labels = tuple(sorted(f"k8s:{k}={v}" for k, v in ep.labels.items())) + (
             f"k8s:io.kubernetes.pod.namespace={ep.namespace}",
         )
-        return EndpointMeta(id=ep.id, namespace=ep.namespace, pod_name=ep.pod, labels=labels, identity=5)
+        return EndpointMeta(
+            id=ep.id,
+            namespace=ep.namespace,
+            pod_name=ep.pod,
+            labels=labels,
+            identity=5,
+            workloads=_workloads(ep),
+        )
 
     def lookup_ip(self, ip: str) -> EndpointMeta | None:
         return self._by_ip.get(ip)
@@ -70,7 +108,7 @@ class EndpointManager:
     def list(self) -> list[EndpointRecord]:
         return sorted(self.state.endpoints.values(), key=lambda e: e.id)
 
-    def create(self, namespace: str, pod: str, labels: dict[str, str]) -> EndpointRecord:
+    def create(self, namespace: str, pod: str, labels: dict[str, str], owner: str = "") -> EndpointRecord:
         key = f"{namespace}/{pod}"
         ep = self.state.endpoints.get(key)
         if ep is None:
@@ -89,6 +127,7 @@ class EndpointManager:
                 created=time.time(),
             )
         ep.labels = dict(labels)
+        ep.owner = owner
         self._realise(ep)
         self.state.endpoints[key] = ep
         self.state.ipam = self.ipam.to_dict()

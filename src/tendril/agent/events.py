@@ -1,36 +1,43 @@
-"""Ring buffer -> decoder -> subscribers: the agent's one-way event pipeline.
+"""Ring buffer -> parser -> flow store (+ metrics, exporter): the agent's one-way event pipeline.
 
-The reader wakes on the ring buffer's epoll readiness (plus a slow timer as a safety net), drains in
-batches, decodes each batch once and hands the same Flow objects to every consumer.
+The reader wakes on the BPF ring buffer's epoll readiness (plus a slow timer as a safety net),
+drains in batches, parses each batch once into flow rows and appends them to the store; every
+consumer (gRPC observers, monitor streams, metrics, exporter) reads those same rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
+import time
 from collections.abc import Callable
 
-from tendril.bpf import RingBufferReader, abi
-from tendril.hubble.parser.decode import EventDecoder
-from tendril.hubble.parser.flow import Flow
+import numpy as np
+
+from tendril.bpf import RingBufferReader
+from tendril.hubble.container import FlowRing
+from tendril.hubble.parser.events import Resolver, parse_events
 
 log = logging.getLogger(__name__)
 
+BatchSink = Callable[[np.ndarray], None]
 
-class Subscription:
-    def __init__(self, predicate: Callable[[Flow], bool], maxsize: int = 65536) -> None:
-        self.queue: asyncio.Queue[Flow] = asyncio.Queue(maxsize=maxsize)
-        self.predicate = predicate
-        self.dropped = 0
+
+def wall_offset_ns() -> int:
+    """bpf_ktime_get_ns() is CLOCK_MONOTONIC; this offset turns it into wall-clock ns."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 class EventPump:
-    def __init__(self, reader: RingBufferReader, decoder: EventDecoder, history: int = 16384) -> None:
+    def __init__(
+        self, reader: RingBufferReader, ring: FlowRing, node_id: int, resolver: Resolver, batch: int = 16384
+    ) -> None:
         self.reader = reader
-        self.decoder = decoder
-        self.recent: collections.deque[Flow] = collections.deque(maxlen=history)
-        self.subscribers: set[Subscription] = set()
+        self.ring = ring
+        self.node_id = node_id
+        self.resolver = resolver
+        self.batch = batch
+        self.sinks: list[BatchSink] = []
         self.events_read = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -52,32 +59,16 @@ class EventPump:
     def drain(self) -> int:
         total = 0
         while True:
-            records = self.reader.drain(max_records=8192)
+            records = self.reader.drain(max_records=self.batch)
             if len(records) == 0:
                 break
             total += len(records)
-            self._publish(self.decoder.decode(records))
+            rows = parse_events(records, self.node_id, self.resolver, wall_offset_ns())
+            self.ring.append(rows)
+            for sink in self.sinks:
+                try:
+                    sink(rows)
+                except Exception:  # a consumer's bug must not stop the pipeline
+                    log.exception("flow sink %r failed", sink)
         self.events_read += total
         return total
-
-    def _publish(self, flows: list[Flow]) -> None:
-        self.recent.extend(flows)
-        for sub in list(self.subscribers):
-            for f in flows:
-                if sub.predicate(f):
-                    try:
-                        sub.queue.put_nowait(f)
-                    except asyncio.QueueFull:
-                        sub.dropped += 1
-
-    def subscribe(self, predicate: Callable[[Flow], bool]) -> Subscription:
-        sub = Subscription(predicate)
-        self.subscribers.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        self.subscribers.discard(sub)
-
-
-def record_dtype():  # noqa: ANN201 - numpy dtype
-    return abi.EVENT_DTYPE

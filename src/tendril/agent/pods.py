@@ -91,7 +91,7 @@ class PodManager:
         outcome = "configured" if existing is not None else "created"
         if existing is not None:
             self._stop_processes(existing)
-        ep = self.endpoints.create(namespace, name, labels)
+        ep = self.endpoints.create(namespace, name, labels, owner)
         pod = PodRecord(
             namespace=namespace,
             name=name,

@@ -26,6 +26,7 @@ class EndpointRecord:
     host_ifindex: int
     cgroup: str
     created: float
+    owner: str = ""  # "Deployment/<name>" for replicas, "" for bare pods
 
     @property
     def key(self) -> str:

@@ -164,7 +164,7 @@ EVENT_DTYPE = _struct(
         ("saddr", ("u1", 16)),
         ("daddr", ("u1", 16)),
     ],
-    72,  # NB: the header's comment says 64; the fields add up to 72 (ring record 80). BTF agrees.
+    72,  # ring record 80 with its header; tests/test_abi.py checks it against BTF
 )
 
 ENDPOINT_KEY_DTYPE = np.dtype("u4")  # host-side veth ifindex

@@ -195,6 +195,11 @@ def monitor(etype: str | None, related_to: int | None, output: str, node: str | 
                     )
                     click.echo("Press Ctrl-C to quit")
                 continue
+            if "lost" in msg:
+                click.echo(f"Lost {msg['lost']} events (the monitor fell behind the flow ring)")
+                continue
+            if "flow" not in msg:
+                continue
             f = flow_from_wire(msg["flow"])
             if related_to is not None and f.ep_id != related_to:
                 continue

@@ -21,6 +21,10 @@ def agent_socket(node: str) -> Path:
     return node_run_dir(node) / "agent.sock"
 
 
+def hubble_socket(node: str) -> Path:
+    return node_run_dir(node) / "hubble.sock"
+
+
 def node_state_file(node: str) -> Path:
     return node_run_dir(node) / "state.json"
 

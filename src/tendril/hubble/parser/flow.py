@@ -10,19 +10,8 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from tendril.hubble.record import EndpointMeta
 from tendril.monitor import api
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointMeta:
-    """What the agent knows about a local endpoint at the time a flow is parsed."""
-
-    id: int
-    namespace: str
-    pod_name: str
-    labels: tuple[str, ...] = ()
-    identity: int = 0
-    workloads: tuple[tuple[str, str], ...] = ()  # (name, kind)
 
 
 @dataclass(slots=True)
@@ -198,3 +187,49 @@ def flow_from_wire(d: dict[str, Any]) -> Flow:
                 workloads=tuple(tuple(w) for w in m.get("workloads", ())),  # type: ignore[misc]
             )
     return Flow(**d)
+
+
+def _ip(raw: bytes, version: int) -> str:
+    import ipaddress
+
+    if version == 4:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if version == 6:
+        return str(ipaddress.IPv6Address(raw[:16]))
+    return ""
+
+
+def flow_from_row(row: Any, tables: Any) -> Flow:
+    """A stored row (record.FLOW_DTYPE) as a Flow, for the agent's REST views."""
+    import uuid as _uuid
+
+    version = int(row["ip_version"])
+    reply = int(row["is_reply"])
+    src_ep, dst_ep = int(row["src_ep"]), int(row["dst_ep"])
+    return Flow(
+        time_ns=int(row["time_ns"]),
+        node_name=tables.string(row["node"]),
+        event_type=int(row["event_type"]),
+        sub_type=int(row["sub_type"]),
+        verdict="DROPPED" if int(row["verdict"]) == 2 else "FORWARDED",
+        ip_version=version,
+        source_ip=_ip(bytes(row["src_ip"]), version),
+        destination_ip=_ip(bytes(row["dst_ip"]), version),
+        l4_proto=int(row["l4_proto"]),
+        source_port=int(row["src_port"]),
+        destination_port=int(row["dst_port"]),
+        tcp_flags=int(row["tcp_flags"]),
+        icmp_type=int(row["icmp_type"]),
+        icmp_code=int(row["icmp_code"]),
+        is_reply=None if reply < 0 else bool(reply),
+        ct_state=int(row["ct_state"]),
+        traffic_direction="INGRESS" if int(row["traffic_direction"]) == 1 else "EGRESS",
+        ifindex=int(row["ifindex"]),
+        ifname=tables.string(row["ifname"]),
+        hash=int(row["hash"]),
+        pkt_len=int(row["pkt_len"]),
+        ep_id=int(row["ep_id"]),
+        source=tables.endpoint(src_ep) if src_ep else None,
+        destination=tables.endpoint(dst_ep) if dst_ep else None,
+        uuid=str(_uuid.UUID(bytes=bytes(row["uuid"]))),
+    )

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""iperf3 TCP pod -> pod throughput with the Tendril datapath attached vs the same veths with no BPF.
+
+What runs (everything inside the lab's namespaces):
+  * `tendril lab up` creates a one-node lab (name bn<4 hex>, a random 198.18.X.0/24 underlay) and
+    `tendril apply` two idle pods, server and client, on that node. The path is
+    client pod -> veth -> node netns (routing) -> veth -> server pod; Tendril's tnd_from_container
+    (tcx ingress) and tnd_to_container (tcx egress) sit on both host-side veths, so every packet
+    passes two programs.
+  * `iperf3 -s` runs in the server pod and `iperf3 -c <server IPv4> -t T -O 1 -J` in the client pod,
+    both through `nsenter --net=/run/netns/<pod netns>`.
+  * Arms, alternated in rotating order for R rounds (so no arm always goes first):
+      - "bare veth": the baseline; the four tcx links are detached (the pinned links under
+        /sys/fs/bpf/tendril/<node>/links/ are opened and detached), same veths, same routes;
+      - "tendril (medium)": the programs attached, the agent's default monitor aggregation
+        (trace events for new flows, first replies, SYN/FIN/RST only);
+      - "tendril (every packet)": `tendril config MonitorAggregationLevel=none`, Cilium's "no
+        aggregation": a trace event for every packet on both veths, read and parsed by the agent.
+    After a bare run the links are re-attached to the same loaded programs (by program id) and
+    re-pinned at the same paths, as the agent had them. (`tendril lab up` again would not re-attach:
+    it leaves a healthy agent running.)
+  * Per run: throughput (iperf3 receiver), TCP retransmits, iperf3's CPU figures, packets the
+    datapath counted (tnd_metrics), trace events the agent read (its status), events lost
+    (tnd_lost) and the agent's CPU time.
+  * `tendril lab down` always runs at the end.
+
+It prints medians per arm and "tendril / bare veth" ratios (of medians, and per round). Nothing
+asserts on time; figures depend on what else the machine runs (the load average is printed).
+
+    sudo .venv/bin/python benchmarks/throughput_iperf3.py            # about 70 s
+    sudo .venv/bin/python benchmarks/throughput_iperf3.py --quick    # about 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import random
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tendril.bpf import Link, TypedMap, abi, attach_tc
+from tendril.bpf import libbpf as lb
+from tendril.bpf.maps import Map
+from tendril.common import paths
+from tendril.datapath.netns import call_in_netns, netns_path
+from tendril.datapath.podnet import pod_netns_name
+
+TENDRIL = str(Path(sys.executable).parent / "tendril")
+NS = "bench"
+PORT = 5201
+PODS = f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {NS}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: {NS}, labels: {{app: iperf-server}}}}
+spec:
+  containers: [{{name: idle}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {NS}, labels: {{app: iperf-client}}}}
+spec:
+  containers: [{{name: idle}}]
+"""
+
+BARE, MEDIUM, EVERY = "bare veth", "tendril (medium)", "tendril (every packet)"
+
+
+def tendril(*args: str, timeout: float = 120, input: str | None = None) -> str:
+    r = subprocess.run([TENDRIL, *args], capture_output=True, text=True, timeout=timeout, input=input)
+    if r.returncode != 0:
+        raise RuntimeError(f"tendril {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+_prog_get_fd_by_id = lb._lib.bpf_prog_get_fd_by_id
+_prog_get_fd_by_id.restype = ctypes.c_int
+_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+
+
+class Lab:
+    def __init__(self, name: str, underlay: str) -> None:
+        self.name = name
+        self.underlay = underlay
+        self.node = f"{name}-node1"
+        self.node_netns = f"tnd-{self.node}"
+        self.links_dir = paths.bpf_pin_dir(self.node) / "links"
+        self.detached: list[tuple[Path, int, str, int]] = []  # (pin, ifindex, direction, prog fd)
+        self._metrics: TypedMap | None = None
+        self._lost: TypedMap | None = None
+
+    # ---- agent-side views ----
+    def status(self) -> dict:
+        from tendril.cli.client import AgentClient
+
+        with AgentClient(self.node) as c:
+            return c.get("/v1/status")
+
+    def set_aggregation(self, level: str) -> str:
+        out = tendril("config", f"MonitorAggregationLevel={level}", "--lab", self.name)
+        for line in out.splitlines():
+            if line.strip().startswith("MonitorAggregationLevel"):
+                return line.split(":", 1)[1].strip()
+        return "?"
+
+    def _maps(self) -> tuple[TypedMap, TypedMap]:
+        if self._metrics is None:
+            pin = paths.bpf_pin_dir(self.node)
+            self._metrics = TypedMap(Map.open_pinned(pin / abi.MAP_METRICS), abi.METRICS_KEY_DTYPE,
+                                     abi.METRICS_VALUE_DTYPE)
+            self._lost = TypedMap(Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE, abi.LOST_VALUE_DTYPE)
+        return self._metrics, self._lost  # type: ignore[return-value]
+
+    def counters(self) -> dict[str, float]:
+        """Packets the programs counted (every reason and direction), events lost, events the agent read."""
+        metrics, lost = self._maps()
+        _, values = metrics.to_arrays()
+        st = self.status()
+        return {
+            "bpf_packets": float(values["packets"].sum()),
+            "lost": float(lost.lookup(0).sum()),
+            "events_read": float(st.get("events_read", float("nan"))),
+            "agent_cpu": cpu_seconds(int(st.get("pid", 0))),
+        }
+
+    # ---- attach / detach ----
+    def detach_all(self) -> None:
+        for pin in sorted(self.links_dir.iterdir()):
+            link = Link.open_pinned(pin)
+            fd = _prog_get_fd_by_id(link.prog_id)  # keep the program alive for re-attaching
+            if fd < 0:
+                link.close()
+                raise OSError(-fd, f"bpf_prog_get_fd_by_id for {pin}")
+            self.detached.append((pin, link.ifindex, link.direction or "ingress", fd))
+            link.detach()  # unpins too
+        if not self.detached:
+            raise RuntimeError(f"no pinned links in {self.links_dir}")
+
+    def reattach_all(self) -> None:
+        """Attach the same programs again, pinned where the agent keeps them (ifindexes are the node netns')."""
+        while self.detached:
+            pin, ifindex, direction, fd = self.detached.pop()
+
+            def attach(fd: int = fd, ifindex: int = ifindex, direction: str = direction, pin: Path = pin) -> None:
+                attach_tc(fd, ifindex, direction, pin_path=pin).close()  # type: ignore[arg-type]
+
+            try:
+                call_in_netns(self.node_netns, attach)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        for m in (self._metrics, self._lost):
+            if m is not None:
+                m.map.close()
+
+
+def iperf3_client(client_ns: str, server_ip: str, seconds: int) -> dict:
+    argv = ["nsenter", f"--net={netns_path(client_ns)}", "--", "iperf3", "-c", server_ip, "-p", str(PORT),
+            "-t", str(seconds), "-O", "1", "-J"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    data = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {"error": r.stderr.strip()}
+    if "error" in data:
+        raise RuntimeError(f"iperf3 client failed: {data['error']}")
+    end = data["end"]
+    cpu = end.get("cpu_utilization_percent", {})
+    return {
+        "gbps": end["sum_received"]["bits_per_second"] / 1e9,
+        "retrans": end["sum_sent"].get("retransmits", 0),
+        "cpu_client": cpu.get("host_total", float("nan")),
+        "cpu_server": cpu.get("remote_total", float("nan")),
+    }
+
+
+def wait_pods(lab: Lab, timeout: float = 30) -> dict[str, dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = tendril("get", "pods", "-n", NS, "-o", "json", "--lab", lab.name)
+        pods = {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
+        if all(pods.get(n, {}).get("status", {}).get("phase") == "Running" for n in ("server", "client")):
+            return pods
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pods not running after {timeout:.0f}s: {pods}")
+        time.sleep(0.2)
+
+
+def lab_up() -> Lab:
+    errors = []
+    for _ in range(3):
+        lab = Lab("bn" + secrets.token_hex(2), f"198.18.{random.randint(1, 250)}.0/24")
+        try:
+            tendril("lab", "up", "--name", lab.name, "--underlay", lab.underlay)
+            return lab
+        except RuntimeError as e:
+            errors.append(str(e))
+            subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
+    raise RuntimeError("lab up failed 3 times:\n" + "\n".join(errors))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s runs (about 30 s)")
+    ap.add_argument("--rounds", type=int, help="paired rounds (default 3, quick 2)")
+    ap.add_argument("--seconds", type=int, help="iperf3 -t per run, after 1 s omitted (default 4, quick 2)")
+    ap.add_argument("--no-every-packet", action="store_true", help="skip the every-packet-event arm")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces, eBPF)", file=sys.stderr)
+        return 2
+    if not shutil.which("iperf3"):
+        print("iperf3 is not installed (apt-get install iperf3)", file=sys.stderr)
+        return 2
+    rounds = args.rounds or (2 if args.quick else 3)
+    seconds = args.seconds or (2 if args.quick else 4)
+    arms = [MEDIUM, BARE] + ([] if args.no_every_packet else [EVERY])
+    t_start = time.monotonic()
+
+    print(f"iperf3 TCP pod -> pod, same node: {rounds} rounds x {len(arms)} arms, iperf3 -t {seconds} -O 1; "
+          f"{os.cpu_count()} CPUs, load average {loadavg()}")
+    lab = lab_up()
+    server = None
+    results: dict[str, list[dict]] = {a: [] for a in arms}
+    per_round: list[dict[str, float]] = []
+    try:
+        print(f"lab {lab.name} (underlay {lab.underlay}) up; applying pods", flush=True)
+        tendril("apply", "-f", "-", "--lab", lab.name, input=PODS)
+        pods = wait_pods(lab)
+        server_ip = pods["server"]["status"]["podIPs"][0]["ip"]
+        client_ns = pod_netns_name(lab.node, NS, "client")
+        server_ns = pod_netns_name(lab.node, NS, "server")
+        server = subprocess.Popen(["nsenter", f"--net={netns_path(server_ns)}", "--", "iperf3", "-s", "-p",
+                                   str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for attempt in range(50):  # warm-up run; also waits for the server to listen
+            try:
+                iperf3_client(client_ns, server_ip, 1)
+                break
+            except RuntimeError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.2)
+        links = sorted(p.name for p in lab.links_dir.iterdir())
+        print(f"server {server_ip} in {server_ns}; tcx links: {', '.join(links)}")
+        print(f"\n{'round':>5}  {'arm':<24}{'Gbit/s':>8}{'retrans':>9}{'cli CPU%':>9}{'srv CPU%':>9}"
+              f"{'BPF pkts':>10}{'events':>9}{'lost':>8}{'agent CPU':>10}", flush=True)
+        level = "medium"
+        for rnd in range(rounds):
+            order = arms[rnd % len(arms):] + arms[: rnd % len(arms)]
+            this_round: dict[str, float] = {}
+            for arm in order:
+                want = "none" if arm == EVERY else "medium"
+                if arm != BARE and want != level:
+                    level = want
+                    lab.set_aggregation(level)
+                if arm == BARE:
+                    lab.detach_all()
+                try:
+                    before = lab.counters()
+                    run = iperf3_client(client_ns, server_ip, seconds)
+                    time.sleep(0.3)  # let the agent drain the last events (it drains at least every 100 ms)
+                    after = lab.counters()
+                finally:
+                    if arm == BARE:
+                        lab.reattach_all()
+                for k in before:
+                    run[k] = after[k] - before[k]
+                results[arm].append(run)
+                this_round[arm] = run["gbps"]
+                print(f"{rnd + 1:>5}  {arm:<24}{run['gbps']:8.2f}{run['retrans']:9d}{run['cpu_client']:9.0f}"
+                      f"{run['cpu_server']:9.0f}{run['bpf_packets']:10.0f}{run['events_read']:9.0f}"
+                      f"{run['lost']:8.0f}{run['agent_cpu']:9.2f}s", flush=True)
+            per_round.append(this_round)
+        if level != "medium":
+            lab.set_aggregation("medium")
+    finally:
+        if server is not None:
+            server.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=5)
+            if server.poll() is None:
+                server.kill()
+        with contextlib.suppress(Exception):
+            lab.reattach_all()
+        lab.close()
+        subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
+
+    # ---- summary ----
+    med = {a: statistics.median(r["gbps"] for r in results[a]) for a in arms}
+    base = med[BARE]
+    run_s = seconds
+    print(f"\nsummary (median of {rounds} runs; ratios against the bare-veth baseline of the same run)")
+    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<22}{'events/run':>11}{'events/s':>10}"
+          f"{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}")
+    for a in arms:
+        rs = results[a]
+        paired = [r[a] / r[BARE] for r in per_round if a in r and BARE in r]
+        ev = statistics.median(r["events_read"] for r in rs)
+        lost = statistics.median(r["lost"] for r in rs)
+        pkts = statistics.median(r["bpf_packets"] for r in rs)
+        cpu = statistics.median(r["agent_cpu"] for r in rs)
+        per_pkt = f"{ev / pkts:.3f}" if pkts else "-"
+        span = "(baseline)" if a == BARE else " ".join(f"{x:.2f}" for x in paired)
+        print(f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<22}{ev:11.0f}{ev / (run_s + 1):10.0f}"
+              f"{lost:9.0f}{per_pkt:>11}{100 * cpu / (run_s + 1):9.0f}%")
+    print(f"\n  tendril / bare veth = {med[MEDIUM] / base:.2f} (medium aggregation, the default)")
+    if EVERY in med:
+        print(f"  tendril every-packet events / bare veth = {med[EVERY] / base:.2f}")
+    bare_pkts = sum(r["bpf_packets"] for r in results[BARE])
+    print(f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} (0 = programs really detached)")
+    print(f"  events/s and agent CPU are per run second ({run_s} s measured + 1 s omitted); "
+          f"total time {time.monotonic() - t_start:.0f} s; load average now {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

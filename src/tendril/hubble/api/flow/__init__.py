@@ -1,0 +1,1 @@
+"""Generated Hubble API package `flow` (modules produced by scripts/gen_proto.py)."""

@@ -1,0 +1,1 @@
+"""The Hubble Observer gRPC surface (wire-compatible with Hubble v1)."""

@@ -1,0 +1,169 @@
+"""observer.Observer served with grpc.aio on the agent's event loop, plus health and reflection.
+
+Listening on a Unix socket (/var/run/tendril/<node>/hubble.sock) and TCP :4244 in the node's
+namespace, like Hubble's per-node server; the upstream `hubble` CLI can talk to either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import timestamp_pb2, wrappers_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tendril.hubble.api import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
+from tendril.hubble.container import FlowRing
+from tendril.hubble.convert import apply_field_mask, row_to_proto
+from tendril.hubble.filters import FilterError, compile_filters
+from tendril.hubble.observer.getflows import Selection, follow, historical
+from tendril.hubble.record import Tables
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "hubble.server.Observer"
+VERSION = "1.19.4+tendril"
+
+
+@dataclass
+class ObserverContext:
+    node_name: str
+    ring: FlowRing
+    tables: Tables
+    started_ns: int = field(default_factory=time.time_ns)
+    address: str = ""
+    namespaces: Callable[[], list[str]] = list
+    on_lost: Callable[[str, int], None] = lambda source, n: None
+    lost_by_source: dict[str, int] = field(default_factory=dict)
+
+
+def _ts(ns: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(ns)
+    return t
+
+
+def _ns(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+class ObserverServicer(observer_pb2_grpc.ObserverServicer):
+    def __init__(self, ctx: ObserverContext) -> None:
+        self.ctx = ctx
+
+    def _response(self, row, paths: list[str]) -> observer_pb2.GetFlowsResponse:  # noqa: ANN001
+        f = row_to_proto(row, self.ctx.tables)
+        if paths:
+            f = apply_field_mask(f, paths)
+        return observer_pb2.GetFlowsResponse(flow=f, node_name=self.ctx.node_name, time=f.time)
+
+    def _lost(self, n: int) -> observer_pb2.GetFlowsResponse:
+        self.ctx.lost_by_source["HUBBLE_RING_BUFFER"] = self.ctx.lost_by_source.get("HUBBLE_RING_BUFFER", 0) + n
+        self.ctx.on_lost("hubble_ring_buffer", n)
+        now = _ts(time.time_ns())
+        ev = flow_pb2.LostEvent(
+            source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=n, cpu=wrappers_pb2.Int32Value(value=0),
+            first=now, last=now,
+        )
+        return observer_pb2.GetFlowsResponse(lost_events=ev, node_name=self.ctx.node_name, time=now)
+
+    async def GetFlows(  # noqa: N802 - gRPC method name
+        self, request: observer_pb2.GetFlowsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
+        try:
+            pred = compile_filters(list(request.whitelist), list(request.blacklist), self.ctx.tables)
+        except FilterError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return
+        sel = Selection(
+            number=request.number,
+            first=request.first,
+            follow=request.follow,
+            since_ns=_ns(request.since) if request.HasField("since") else None,
+            until_ns=_ns(request.until) if request.HasField("until") else None,
+        )
+        if sel.first and sel.follow:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be combined with follow")
+            return
+        paths = list(request.field_mask.paths) if request.HasField("field_mask") else []
+        rows, cursor = historical(self.ctx.ring, pred, sel)
+        for row in rows:
+            yield self._response(row, paths)
+        if not sel.follow:
+            return
+        async for new, lost in follow(self.ctx.ring, pred, sel, cursor):
+            if context.done():
+                return
+            if lost:
+                yield self._lost(lost)
+            for row in new:
+                yield self._response(row, paths)
+
+    async def ServerStatus(self, request, context):  # noqa: ANN001, ANN201, N802
+        uptime = time.time_ns() - self.ctx.started_ns
+        ring = self.ctx.ring
+        return observer_pb2.ServerStatusResponse(
+            num_flows=len(ring),
+            max_flows=ring.capacity,
+            seen_flows=ring.written,
+            uptime_ns=uptime,
+            version=VERSION,
+            flows_rate=ring.written / (uptime / 1e9) if uptime else 0.0,
+        )
+
+    async def GetNodes(self, request, context):  # noqa: ANN001, ANN201, N802
+        ring = self.ctx.ring
+        node = observer_pb2.Node(
+            name=self.ctx.node_name,
+            version=VERSION,
+            address=self.ctx.address,
+            state=relay_pb2.NODE_CONNECTED,
+            tls=observer_pb2.TLS(enabled=False),
+            uptime_ns=time.time_ns() - self.ctx.started_ns,
+            num_flows=len(ring),
+            max_flows=ring.capacity,
+            seen_flows=ring.written,
+        )
+        return observer_pb2.GetNodesResponse(nodes=[node])
+
+    async def GetNamespaces(self, request, context):  # noqa: ANN001, ANN201, N802
+        names = sorted(set(self.ctx.namespaces()))
+        return observer_pb2.GetNamespacesResponse(
+            namespaces=[observer_pb2.Namespace(namespace=n) for n in names]
+        )
+
+    async def GetAgentEvents(self, request, context):  # noqa: ANN001, ANN201, N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agent events are not recorded by Tendril yet")
+
+    async def GetDebugEvents(self, request, context):  # noqa: ANN001, ANN201, N802
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug events are not recorded by Tendril yet")
+
+
+async def start_observer(ctx: ObserverContext, unix_path: str | None, tcp_addr: str | None) -> grpc.aio.Server:
+    server = grpc.aio.server()
+    observer_pb2_grpc.add_ObserverServicer_to_server(ObserverServicer(ctx), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (
+        observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+    if unix_path:
+        if os.path.exists(unix_path):
+            os.unlink(unix_path)
+        server.add_insecure_port(f"unix://{unix_path}")
+    if tcp_addr:
+        server.add_insecure_port(tcp_addr)
+    await server.start()
+    if unix_path:
+        os.chmod(unix_path, 0o600)
+    for name in (SERVICE_NAME, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server
