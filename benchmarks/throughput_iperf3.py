@@ -133,7 +133,8 @@ class Lab:
             pin = paths.bpf_pin_dir(self.node)
             self._metrics = TypedMap(Map.open_pinned(pin / abi.MAP_METRICS), abi.METRICS_KEY_DTYPE,
                                      abi.METRICS_VALUE_DTYPE)
-            self._lost = TypedMap(Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE, abi.LOST_VALUE_DTYPE)
+            self._lost = TypedMap(Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE,
+                                  abi.LOST_VALUE_DTYPE)
         return self._metrics, self._lost  # type: ignore[return-value]
 
     def counters(self) -> dict[str, float]:
@@ -162,11 +163,15 @@ class Lab:
             raise RuntimeError(f"no pinned links in {self.links_dir}")
 
     def reattach_all(self) -> None:
-        """Attach the same programs again, pinned where the agent keeps them (ifindexes are the node netns')."""
+        """Attach the same programs again, pinned where the agent keeps them.
+
+        tcx attach takes an ifindex of the caller's netns, so it runs on a thread inside the node netns.
+        """
         while self.detached:
             pin, ifindex, direction, fd = self.detached.pop()
 
-            def attach(fd: int = fd, ifindex: int = ifindex, direction: str = direction, pin: Path = pin) -> None:
+            def attach(fd: int = fd, ifindex: int = ifindex, direction: str = direction,
+                       pin: Path = pin) -> None:
                 attach_tc(fd, ifindex, direction, pin_path=pin).close()  # type: ignore[arg-type]
 
             try:
@@ -219,7 +224,9 @@ def lab_up() -> Lab:
         except RuntimeError as e:
             errors.append(str(e))
             subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
-    raise RuntimeError("lab up failed 3 times:\n" + "\n".join(errors))
+            if "overlaps" not in str(e):  # only an underlay clash is worth another random subnet
+                break
+    raise RuntimeError("lab up failed:\n" + "\n".join(errors))
 
 
 def main() -> int:
@@ -313,8 +320,8 @@ def main() -> int:
     base = med[BARE]
     run_s = seconds
     print(f"\nsummary (median of {rounds} runs; ratios against the bare-veth baseline of the same run)")
-    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<22}{'events/run':>11}{'events/s':>10}"
-          f"{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}")
+    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<22}{'events/run':>11}"
+          f"{'events/s':>10}{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}")
     for a in arms:
         rs = results[a]
         paired = [r[a] / r[BARE] for r in per_round if a in r and BARE in r]
@@ -330,7 +337,8 @@ def main() -> int:
     if EVERY in med:
         print(f"  tendril every-packet events / bare veth = {med[EVERY] / base:.2f}")
     bare_pkts = sum(r["bpf_packets"] for r in results[BARE])
-    print(f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} (0 = programs really detached)")
+    print(f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} "
+          "(0 = the programs really were detached)")
     print(f"  events/s and agent CPU are per run second ({run_s} s measured + 1 s omitted); "
           f"total time {time.monotonic() - t_start:.0f} s; load average now {loadavg()}")
     return 0

@@ -44,7 +44,10 @@ class Server:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             ctx = ObserverContext(
-                "test-node", self.ring, self.tables, namespaces=lambda: ["default", "demo"],
+                "test-node",
+                self.ring,
+                self.tables,
+                namespaces=lambda: ["default", "demo"],
                 on_lost=lambda src, n: self.lost.append((src, n)),
             )
             self.server = self.loop.run_until_complete(start_observer(ctx, self.sock, None))
@@ -78,13 +81,28 @@ class Server:
 def make_rows(tables: rec.Tables, n: int, start: int = 0) -> np.ndarray:
     """n flows, one per 10 ms: client pods (alternating namespaces) -> server:80, every 5th dropped."""
     rows = rec.empty(n)
-    server = tables.endpoints.intern(rec.EndpointMeta(id=9, identity=300, namespace="demo", pod_name="server",
-                                                      labels=("k8s:app=server",)))
+    server = tables.endpoints.intern(
+        rec.EndpointMeta(id=9, identity=300, namespace="demo", pod_name="server", labels=("k8s:app=server",))
+    )
     clients = [
-        tables.endpoints.intern(rec.EndpointMeta(id=1, identity=301, namespace="default", pod_name="xwing",
-                                                 labels=("k8s:app=xwing", "k8s:org=alliance"))),
-        tables.endpoints.intern(rec.EndpointMeta(id=2, identity=302, namespace="demo", pod_name="tiefighter",
-                                                 labels=("k8s:app=tiefighter", "k8s:org=empire"))),
+        tables.endpoints.intern(
+            rec.EndpointMeta(
+                id=1,
+                identity=301,
+                namespace="default",
+                pod_name="xwing",
+                labels=("k8s:app=xwing", "k8s:org=alliance"),
+            )
+        ),
+        tables.endpoints.intern(
+            rec.EndpointMeta(
+                id=2,
+                identity=302,
+                namespace="demo",
+                pod_name="tiefighter",
+                labels=("k8s:app=tiefighter", "k8s:org=empire"),
+            )
+        ),
     ]
     i = np.arange(start, start + n)
     rows["time_ns"] = BASE_NS + i * 10_000_000
@@ -168,16 +186,23 @@ def test_first_and_all(srv: Server) -> None:
 
 
 def test_since_until(srv: Server) -> None:
-    req = observer_pb2.GetFlowsRequest(since=_ts(BASE_NS + 100 * 10_000_000), until=_ts(BASE_NS + 109 * 10_000_000))
+    req = observer_pb2.GetFlowsRequest(
+        since=_ts(BASE_NS + 100 * 10_000_000), until=_ts(BASE_NS + 109 * 10_000_000)
+    )
     got = _flows(srv.stub, req)
     assert [r.flow.time.ToNanoseconds() for r in got] == [BASE_NS + k * 10_000_000 for k in range(100, 110)]
 
 
 def test_whitelist_blacklist_and_field_mask(srv: Server) -> None:
-    wl = [flow_pb2.FlowFilter(source_pod=["default/xwing"]), flow_pb2.FlowFilter(destination_pod=["default/xwing"])]
+    wl = [
+        flow_pb2.FlowFilter(source_pod=["default/xwing"]),
+        flow_pb2.FlowFilter(destination_pod=["default/xwing"]),
+    ]
     bl = [flow_pb2.FlowFilter(verdict=[flow_pb2.FORWARDED])]
     mask = field_mask_pb2.FieldMask(paths=["time", "verdict", "source.pod_name"])
-    got = _flows(srv.stub, observer_pb2.GetFlowsRequest(number=1000, whitelist=wl, blacklist=bl, field_mask=mask))
+    got = _flows(
+        srv.stub, observer_pb2.GetFlowsRequest(number=1000, whitelist=wl, blacklist=bl, field_mask=mask)
+    )
     # xwing sends the even-numbered flows; every 5th flow is dropped -> i % 10 == 4
     assert len(got) == 50
     for r in got:
@@ -227,3 +252,11 @@ def test_overtaken_follower_gets_lost_events(srv: Server) -> None:
     assert next(stream).HasField("flow")
     stream.cancel()
     assert srv.lost == [("hubble_ring_buffer", 5000 - 1023)]
+
+
+def test_bad_field_mask_is_invalid_argument(srv: Server) -> None:
+    mask = field_mask_pb2.FieldMask(paths=["time", "no_such_field"])
+    with pytest.raises(grpc.RpcError) as err:
+        _flows(srv.stub, observer_pb2.GetFlowsRequest(number=5, field_mask=mask))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no_such_field" in err.value.details()

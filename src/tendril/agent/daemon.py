@@ -44,6 +44,9 @@ class Agent:
         self.started = time.time()
         self.ct_gc_runs = 0
         self.ct_gc_removed = 0
+        self.lost_events: dict[str, int] = {}
+        self.lost_hooks: list = []
+        self._kernel_lost_seen = 0
 
     # ---- start-up ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -65,11 +68,19 @@ class Agent:
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
         node_id = self.tables.strings.intern(self.config.name)
         self.pump = EventPump(reader, self.ring, node_id, self.endpoints)
+        self.pump.sinks.append(lambda rows: self._poll_kernel_lost())
+        self._kernel_lost_seen = self.datapath.lost_events()  # losses before this agent are history
+        from tendril.agent.observability import Observability
+
+        self.observability = Observability(self)
+        self.observability.attach()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.pump.start(loop)
         gc_task = loop.create_task(self._gc_loop())
+        observer = await self._start_observer()
+        self.observability.serve()
         sock = paths.agent_socket(self.config.name)
         sock.parent.mkdir(parents=True, exist_ok=True)
         sock.unlink(missing_ok=True)
@@ -88,9 +99,44 @@ class Agent:
             os.chmod(sock, 0o600)
             log.info("agent for node %s listening on %s", self.config.name, sock)
         await serve
+        await observer.stop(1.0)
+        self.observability.close()
         gc_task.cancel()
         self.pump.stop(loop)
         self.datapath.close()
+
+    async def _start_observer(self):  # noqa: ANN202 - grpc.aio.Server
+        from tendril.hubble.observer.service import ObserverContext, start_observer
+
+        addr = self.config.hubble_listen_address
+        tcp = None
+        if addr:
+            host, _, port = addr.rpartition(":")
+            tcp = f"{host or '0.0.0.0'}:{port}"
+        ctx = ObserverContext(
+            node_name=self.config.name,
+            ring=self.ring,
+            tables=self.tables,
+            address=f"{self.config.underlay_ip}:{addr.rpartition(':')[2]}" if addr else "",
+            namespaces=lambda: sorted({ep.namespace for ep in self.state.endpoints.values()}),
+            on_lost=self._count_lost,
+        )
+        server = await start_observer(ctx, str(paths.hubble_socket(self.config.name)), tcp)
+        log.info("hubble observer on %s and %s", paths.hubble_socket(self.config.name), tcp or "no TCP")
+        return server
+
+    def _count_lost(self, source: str, n: int) -> None:
+        """Lost events by Hubble source name; metrics pick them up."""
+        self.lost_events[source] = self.lost_events.get(source, 0) + n
+        for hook in self.lost_hooks:
+            hook(source, n)
+
+    def _poll_kernel_lost(self) -> None:
+        """The datapath counts ring-buffer reserve failures; report new ones as PERF_EVENT_RING_BUFFER."""
+        total = self.datapath.lost_events()
+        if total > self._kernel_lost_seen:
+            self._count_lost("perf_event_ring_buffer", total - self._kernel_lost_seen)
+        self._kernel_lost_seen = total
 
     async def _gc_loop(self, interval: float = 10.0) -> None:
         while True:
@@ -99,6 +145,8 @@ class Agent:
                 self.ct_gc_removed += self.datapath.gc_ct()
                 self.ct_gc_runs += 1
                 self.pods.reap_all()
+                self._poll_kernel_lost()
+                self.observability.expire()
 
     # ---- operations used by the API ------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -117,6 +165,14 @@ class Agent:
             "pod_cidr_v4": self.config.pod_cidr_v4,
             "pod_cidr_v6": self.config.pod_cidr_v6,
             "ring_bytes": self.config.ring_bytes,
+            "hubble": {
+                "num_flows": len(self.ring),
+                "max_flows": self.ring.capacity,
+                "seen_flows": self.ring.written,
+                "lost": dict(self.lost_events),
+                "metrics": self.config.hubble_metrics,
+                "export_file": self.config.hubble_export_file,
+            },
         }
 
     def monitor_hello(self) -> dict[str, Any]:
@@ -206,6 +262,24 @@ class Agent:
             )
         out.sort(key=lambda e: (e["ifindex"], e["proto"], e["saddr"], e["sport"]))
         return out
+
+    def map_usage(self) -> list[tuple[str, int, int]]:
+        """(map name, entries, capacity) for the maps whose pressure matters."""
+        ct_keys, _ = self.datapath.ct_entries()
+        return [
+            ("tnd_ct", len(ct_keys), self.datapath.ct.map.max_entries),
+            ("tnd_endpoints", len(self.state.endpoints), self.datapath.endpoints.map.max_entries),
+        ]
+
+    def metrics_extra(self) -> dict[str, Any]:
+        return {
+            "datapath_conntrack_gc_runs_total": self.ct_gc_runs,
+            "datapath_conntrack_gc_entries_removed_total": self.ct_gc_removed,
+            "hubble_flows_seen_total": self.ring.written,
+            "hubble_flows_stored": len(self.ring),
+            "monitor_events_read_total": self.pump.events_read,
+            "lost_events_total": [({"source": s}, n) for s, n in sorted(self.lost_events.items())],
+        }
 
     def ct_flush(self) -> dict[str, Any]:
         return {"deleted": self.datapath.flush_ct()}

@@ -37,6 +37,7 @@ class EndpointManager:
         self.state = state
         self.datapath = datapath
         self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
+        self.on_delete: list = []  # callbacks(EndpointMeta) when an endpoint goes away
         self._by_ip: dict[str, EndpointMeta] = {}
         self._ip_ids: dict[bytes, int] = {}
         self._ifnames: dict[int, str] = {}
@@ -174,6 +175,8 @@ class EndpointManager:
         )
         self.ipam.release(ep.key)
         del self.state.endpoints[ep.key]
+        for hook in self.on_delete:
+            hook(self.meta(ep))
         self.state.ipam = self.ipam.to_dict()
         self.state.save()
         self._reindex()

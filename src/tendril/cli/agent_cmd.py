@@ -6,6 +6,52 @@ import click
 
 from tendril.agent.config import TRACE_LEVELS, NodeConfig
 
+# option name -> NodeConfig attribute, for the Hubble/Prometheus settings shared with `lab up`
+HUBBLE_OPTIONS = {
+    "hubble_buffer_capacity": "hubble_buffer_capacity",
+    "hubble_listen_address": "hubble_listen_address",
+    "hubble_metrics": "hubble_metrics",
+    "hubble_metrics_server": "hubble_metrics_server",
+    "hubble_export_file": "hubble_export_file",
+    "hubble_export_file_max_size_mb": "hubble_export_file_max_size_mb",
+    "hubble_export_file_max_backups": "hubble_export_file_max_backups",
+    "prometheus_serve_addr": "prometheus_serve_addr",
+}
+
+
+def hubble_options(f):  # noqa: ANN001, ANN201 - click decorator
+    """The Hubble flags Cilium's agent has, with the same names."""
+    opts = [
+        click.option(
+            "--hubble-buffer-capacity",
+            type=int,
+            default=None,
+            help="Flows kept per node (2^n-1; default 65535, Hubble's is 4095).",
+        ),
+        click.option("--hubble-listen-address", default=None, help="Observer TCP address (default :4244)."),
+        click.option(
+            "--hubble-metrics",
+            default=None,
+            help='Hubble metrics in Hubble\'s syntax, e.g. "flow drop tcp:sourceContext=pod".',
+        ),
+        click.option("--hubble-metrics-server", default=None, help="Hubble metrics address (default :9965)."),
+        click.option(
+            "--hubble-export-file", default=None, help="Write every flow as JSON lines to this file."
+        ),
+        click.option("--hubble-export-file-max-size-mb", type=int, default=None),
+        click.option("--hubble-export-file-max-backups", type=int, default=None),
+        click.option("--prometheus-serve-addr", default=None, help="Agent metrics address (default :9962)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def apply_hubble_options(cfg: NodeConfig, values: dict) -> None:
+    for opt, attr in HUBBLE_OPTIONS.items():
+        if values.get(opt) is not None:
+            setattr(cfg, attr, values[opt])
+
 
 @click.command()
 @click.option("--node", required=True, help="Node name (pins, socket and state are keyed by it).")
@@ -20,12 +66,21 @@ from tendril.agent.config import TRACE_LEVELS, NodeConfig
     help="Trace events: all (every packet), medium (new connections, TCP SYN/FIN/RST; default) "
     "or none (drops only).",
 )
+@hubble_options
 def agent(
-    node: str, netns: str | None, pod_cidr_v4: str | None, pod_cidr_v6: str | None, trace_level: str | None
+    node: str,
+    netns: str | None,
+    pod_cidr_v4: str | None,
+    pod_cidr_v6: str | None,
+    trace_level: str | None,
+    **hubble: object,
 ) -> None:
     """Run the Tendril agent for NODE (needs root)."""
     from tendril.agent.daemon import run_agent
+    from tendril.common.errors import require_root
+    from tendril.hubble.container.ring import RingError, validate_capacity
 
+    require_root("agent")
     cfg = NodeConfig.load(node)
     if netns is not None:
         cfg.netns = netns
@@ -35,5 +90,10 @@ def agent(
         cfg.pod_cidr_v6 = pod_cidr_v6
     if trace_level:
         cfg.trace_level = trace_level
+    apply_hubble_options(cfg, hubble)
+    try:
+        validate_capacity(cfg.hubble_buffer_capacity)
+    except RingError as e:
+        raise click.BadParameter(str(e), param_hint="--hubble-buffer-capacity") from None
     cfg.save()
     run_agent(cfg)

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from tendril.cli.agent_cmd import hubble_options
 from tendril.cli.client import DEFAULT_LAB
 from tendril.cli.tabwriter import render
 
@@ -41,11 +42,16 @@ def _progress(msg: str) -> None:
     default="medium",
     show_default=True,
 )
-def up(lab: str, nodes: int, underlay: str | None, trace_level: str) -> None:
+@hubble_options
+def up(lab: str, nodes: int, underlay: str | None, trace_level: str, **hubble: object) -> None:
     """Create the lab: node namespaces on an underlay bridge, one agent per node."""
     from tendril.lab import cluster, topology
 
-    record = cluster.lab_up(lab, nodes, underlay or str(topology.DEFAULT_UNDERLAY), trace_level, _progress)
+    if hubble.get("hubble_metrics") is None:
+        hubble["hubble_metrics"] = cluster.DEFAULT_LAB_METRICS
+    record = cluster.lab_up(
+        lab, nodes, underlay or str(topology.DEFAULT_UNDERLAY), trace_level, _progress, hubble=hubble
+    )
     click.echo(f"✅ lab {lab!r} is up with {len(record['nodes'])} node(s)")
 
 

@@ -29,7 +29,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tendril.cli import agent_cmd, dbg_cmds, k8s_cmds, lab_cmds, observe_cmd, workload_cmds
+    from tendril.cli import agent_cmd, dbg_cmds, hubble_cmds, k8s_cmds, lab_cmds, observe_cmd, workload_cmds
 
     cli.add_command(agent_cmd.agent)
     cli.add_command(lab_cmds.lab)
@@ -38,6 +38,7 @@ def _register() -> None:
     for cmd in (dbg_cmds.endpoint, dbg_cmds.bpf, dbg_cmds.monitor, dbg_cmds.config, dbg_cmds.status):
         cli.add_command(cmd)
     cli.add_command(observe_cmd.observe)
+    cli.add_command(hubble_cmds.hubble)
     cli.add_command(workload_cmds.workload)
 
 

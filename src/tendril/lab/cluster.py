@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+# What the lab enables by default: the set in Cilium's Helm example, so dashboards have data.
+DEFAULT_LAB_METRICS = "dns drop tcp flow port-distribution icmp flows-to-world httpV2"
+
 
 def _tendril_exe() -> str:
     exe = Path(sys.executable).parent / "tendril"
@@ -73,7 +76,11 @@ def lab_up(
     underlay: str = str(topology.DEFAULT_UNDERLAY),
     trace_level: str = "medium",
     progress: Progress = lambda s: None,
+    hubble: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    from tendril.cli.agent_cmd import apply_hubble_options
+    from tendril.hubble.container.ring import RingError, validate_capacity
+
     require_root("lab up")
     ensure_bpffs()
     obj = paths.bpf_object_dir() / "lxc.o"
@@ -106,6 +113,11 @@ def lab_up(
             lab=lab,
             trace_level=trace_level,
         )
+        apply_hubble_options(cfg, hubble or {})
+        try:
+            validate_capacity(cfg.hubble_buffer_capacity)
+        except RingError as e:
+            raise TendrilError(str(e)) from None
         old = next((n for n in existing.get("nodes", []) if n["name"] == info.name), None)
         if (
             old

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tendril.hubble.cli.errors import CLIError
 from tendril.hubble.cli.goquote import go_quote
 from tendril.hubble.cli.gotime import parse_duration
 
@@ -29,7 +30,7 @@ FUNC = "func"
 _MAX_UINT64 = (1 << 64) - 1
 
 
-class FlagError(Exception):
+class FlagError(CLIError):
     """A flag could not be parsed or applied; the message is hubble's, printed as is."""
 
 

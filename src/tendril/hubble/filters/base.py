@@ -102,32 +102,33 @@ def isin(column: str, values: Iterable[int]) -> RowPredicate:
 
 
 class InternedLookup:
-    """A per-interned-id boolean answer, computed once per distinct value.
+    """A per-interned-id answer (bool by default), computed once per distinct value.
 
     Interned values never change once they have an id, so an answer stays valid for the life of
     the tables; the table only grows (new pods, node names ...) and is extended lazily on the next
     call. The match over rows is then one gather: `table[ids]`.
     """
 
-    def __init__(self, interner: _Interner, fn: Callable[[object], bool]) -> None:
+    def __init__(self, interner: _Interner, fn: Callable[[object], object], dtype: type = bool) -> None:
         self._interner = interner
         self._fn = fn
-        self._table = np.zeros(0, dtype=bool)
+        self._dtype = np.dtype(dtype)
+        self._table = np.zeros(0, dtype=self._dtype)
 
     def table(self) -> np.ndarray:
         table = self._table
         n = len(self._interner)
         if table.size < n:
             extra = np.fromiter(
-                (bool(self._fn(self._interner.value(i))) for i in range(table.size, n)),
-                dtype=bool,
+                (self._fn(self._interner.value(i)) for i in range(table.size, n)),
+                dtype=self._dtype,
                 count=n - table.size,
             )
             table = np.concatenate([table, extra])
             self._table = table  # a racing thread computes the same answers; either copy is right
         return table
 
-    def __call__(self, ids: np.ndarray) -> Mask:
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
         return self.table()[ids]
 
 
@@ -139,6 +140,11 @@ def column_lookup(column: str, interner: _Interner, fn: Callable[[object], bool]
         return lut(rows[column])
 
     return pred
+
+
+# FlowFilter side -> the row's endpoint column (ids into tables.endpoints) and identity column
+ENDPOINT_COLUMN = {"source": "src_ep", "destination": "dst_ep"}
+IDENTITY_COLUMN = {"source": "src_identity", "destination": "dst_identity"}
 
 
 def field_offset(column: str) -> int:

@@ -17,7 +17,9 @@ FIELDS = ("drop_reason_desc",)
 def build(ff: flow_pb2.FlowFilter, tables: Tables) -> list[RowPredicate]:
     if not ff.drop_reason_desc:
         return []
-    reasons = np.array(check_enum("drop_reason_desc", ff.drop_reason_desc, flow_pb2.DropReason), dtype=np.int64)
+    reasons = np.array(
+        check_enum("drop_reason_desc", ff.drop_reason_desc, flow_pb2.DropReason), dtype=np.int64
+    )
 
     def pred(rows: np.ndarray) -> Mask:
         return (rows["verdict"] == DROPPED) & np.isin(rows["drop_reason"], reasons)

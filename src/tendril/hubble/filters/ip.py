@@ -30,7 +30,9 @@ class IPSet:
 
     v4_exact: list[int] = field(default_factory=list)
     v4_nets: list[tuple[int, int]] = field(default_factory=list)  # (network, mask)
-    v6_nets: list[tuple[int, int, int, int]] = field(default_factory=list)  # (net hi, net lo, mask hi, mask lo)
+    v6_nets: list[tuple[int, int, int, int]] = field(
+        default_factory=list
+    )  # (net hi, net lo, mask hi, mask lo)
 
 
 def parse_ips(field_name: str, values: Sequence[str]) -> IPSet:
@@ -83,7 +85,9 @@ def match_ips(rows: np.ndarray, column: str, ips: IPSet) -> Mask:
         hi, lo = words[:, 0], words[:, 1]
         v6 = falses(rows)
         for net_hi, net_lo, mask_hi, mask_lo in ips.v6_nets:
-            v6 |= ((hi & np.uint64(mask_hi)) == np.uint64(net_hi)) & ((lo & np.uint64(mask_lo)) == np.uint64(net_lo))
+            v6 |= ((hi & np.uint64(mask_hi)) == np.uint64(net_hi)) & (
+                (lo & np.uint64(mask_lo)) == np.uint64(net_lo)
+            )
         m |= v6 & (version == 6)
     return m
 

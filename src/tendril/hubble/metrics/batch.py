@@ -46,21 +46,17 @@ class Batch:
     def mapped(self, key: Hashable, inputs: Sequence[np.ndarray], fn: Callable[..., str]) -> np.ndarray:
         """Per-row pool codes of fn(*inputs[i]); fn runs once per distinct input tuple. Cached by key.
 
-        Inputs must be non-negative integer columns (they are stacked as uint64 when more than one).
+        Inputs are integer columns of the batch (any width; uint64 halves of an IPv6 address are fine).
         """
         hit = self._cache.get(key)
         if hit is not None:
             return hit
         if self.n == 0:
             codes = np.zeros(0, dtype=np.int64)
-        elif len(inputs) == 1:
-            uniq, inverse = np.unique(inputs[0], return_inverse=True)
-            codes = np.array([self.pool.id(fn(int(u))) for u in uniq], dtype=np.int64)[inverse.reshape(-1)]
         else:
-            stacked = np.stack([np.asarray(a).astype(np.uint64, copy=False) for a in inputs], axis=1)
-            uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
-            ids = [self.pool.id(fn(*(int(v) for v in u))) for u in uniq.tolist()]
-            codes = np.array(ids, dtype=np.int64)[inverse.reshape(-1)]
+            group, rep = dense_key([np.asarray(a) for a in inputs])
+            ids = [self.pool.id(fn(*(int(a[i]) for a in inputs))) for i in rep.tolist()]
+            codes = np.array(ids, dtype=np.int64)[group]
         self._cache[key] = codes
         return codes
 
@@ -94,7 +90,9 @@ class Batch:
         return self.cached("has_l4", lambda: np.isin(self.rows["l4_proto"], list(names.L4_NAMES)))
 
     # ---- grouping ------------------------------------------------------------------------------
-    def groups(self, mask: np.ndarray, columns: Sequence[np.ndarray]) -> Iterator[tuple[tuple[str, ...], int]]:
+    def groups(
+        self, mask: np.ndarray, columns: Sequence[np.ndarray]
+    ) -> Iterator[tuple[tuple[str, ...], int]]:
         """(label values, row count) for every distinct label tuple among the masked rows."""
         idx = np.flatnonzero(mask)
         if idx.size == 0:
@@ -103,7 +101,46 @@ class Batch:
         if not columns:
             yield (), int(idx.size)
             return
-        keys = np.stack([c[idx] for c in columns], axis=1)
-        uniq, counts = np.unique(keys, axis=0, return_counts=True)
-        for key, count in zip(uniq.tolist(), counts.tolist(), strict=True):
+        picked = [c[idx] for c in columns]
+        group, rep = dense_key(picked, radix=len(values))
+        counts = np.bincount(group, minlength=len(rep))
+        rows = np.stack([c[rep] for c in picked], axis=1).tolist()
+        for key, count in zip(rows, counts.tolist(), strict=True):
             yield tuple(values[k] for k in key), count
+
+
+def dense_key(columns: Sequence[np.ndarray], radix: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Group rows by their tuple of column values: (group id per row, one row index per group).
+
+    Each column is made dense (unless `radix` says its values are already in 0..radix-1, as pool
+    codes are), the codes are combined mixed-radix into one int64 key, which is made dense again.
+    Small non-negative integers (pool codes, ports, endpoint ids) are densified with a presence
+    table in O(n); only wide values (identities, IP halves) pay for a sort.
+    """
+
+    def dense(col: np.ndarray) -> tuple[np.ndarray, int]:
+        return (col.astype(np.int64, copy=False), radix) if radix else _dense(col)
+
+    key, size = dense(columns[0])
+    for col in columns[1:]:
+        code, radix_i = dense(col)
+        if size > (1 << 62) // max(radix_i, 1):  # the combined key would overflow: re-densify first
+            key, size = _dense(key)
+        key, size = key * radix_i + code, size * radix_i
+    group, groups = _dense(key)
+    rep = np.empty(groups, dtype=np.int64)
+    rep[group] = np.arange(len(group))  # any row of a group will do: its values are the group's
+    return group, rep
+
+
+def _dense(col: np.ndarray) -> tuple[np.ndarray, int]:
+    """(codes 0..k-1 per row, k) for one integer column, preserving value order."""
+    if col.size and (col.dtype.kind == "u" or (col.dtype.kind == "i" and int(col.min()) >= 0)):
+        top = int(col.max())
+        if top < max(1 << 16, 4 * col.size):
+            present = np.zeros(top + 1, dtype=bool)
+            present[col] = True
+            remap = np.cumsum(present, dtype=np.int64) - 1
+            return remap[col], int(remap[-1]) + 1
+    uniq, inverse = np.unique(col, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64, copy=False), len(uniq)

@@ -75,7 +75,10 @@ CHAIN_OPTIONS: dict[str, tuple[str, str | None]] = {
 }
 CONTEXT_OPTION_KEYS = frozenset(CHAIN_OPTIONS) | {"labelscontext"}
 
-_SIDE_FIELDS = {"source": ("src_ep", "src_identity", "src_ip"), "destination": ("dst_ep", "dst_identity", "dst_ip")}
+_SIDE_FIELDS = {
+    "source": ("src_ep", "src_identity", "src_ip"),
+    "destination": ("dst_ep", "dst_identity", "dst_ip"),
+}
 _SHORT_POD = re.compile(r"^(.+?)(-[a-z0-9]+){1,2}$")
 _APP_LABELS = ("k8s:app.kubernetes.io/name=", "k8s:k8s-app=", "k8s:app=")
 _KUBE_APISERVER = "reserved:kube-apiserver"
@@ -264,7 +267,7 @@ def _workload(meta: EndpointMeta, _identity: int) -> str:
 
 
 def reserved_label(meta: EndpointMeta, identity: int) -> str:
-    """reserved:kube-apiserver if present, else the first reserved: label, else one named from the identity."""
+    """reserved:kube-apiserver if present, else the first reserved: label, else one from the identity."""
     if _KUBE_APISERVER in meta.labels:
         return _KUBE_APISERVER
     for label in meta.labels:

@@ -7,6 +7,7 @@ cleanup), so series are tracked here — only for plugins whose context options 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import Counter, Histogram, disable_created_metrics
 from prometheus_client.registry import CollectorRegistry
@@ -16,12 +17,13 @@ disable_created_metrics()
 
 
 class Vec:
-    """A Counter or Histogram plus the label tuples it has seen (when tracking is on)."""
+    """A Counter or Histogram plus its children by label tuple (the series it has; removable by match)."""
 
     def __init__(self, metric: Counter | Histogram, labelnames: list[str], track: bool) -> None:
         self.metric = metric
         self.labelnames = labelnames
-        self.series: set[tuple[str, ...]] | None = set() if track else None
+        self.track = track
+        self.children: dict[tuple[str, ...], Any] = {}  # label tuple -> child; skips labels()' checks
 
     @classmethod
     def counter(
@@ -37,18 +39,20 @@ class Vec:
 
     def add(self, groups: Iterable[tuple[tuple[str, ...], int]]) -> None:
         """inc(count) once per distinct label tuple (Batch.groups output)."""
+        children = self.children
         for labels, count in groups:
-            self.metric.labels(*labels).inc(count)  # type: ignore[union-attr]
-            if self.series is not None:
-                self.series.add(labels)
+            child = children.get(labels)
+            if child is None:
+                child = children[labels] = self.metric.labels(*labels)
+            child.inc(count)
 
     def remove_matching(self, match: dict[str, str]) -> int:
         """Remove every tracked series whose labels include all of `match`; returns how many."""
-        if self.series is None or any(k not in self.labelnames for k in match):
+        if not self.track or any(k not in self.labelnames for k in match):
             return 0
         want = [(self.labelnames.index(k), v) for k, v in match.items()]
-        doomed = [s for s in self.series if all(s[i] == v for i, v in want)]
+        doomed = [s for s in self.children if all(s[i] == v for i, v in want)]
         for labels in doomed:
             self.metric.remove(*labels)
-            self.series.discard(labels)
+            del self.children[labels]
         return len(doomed)

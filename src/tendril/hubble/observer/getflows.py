@@ -14,7 +14,8 @@ import numpy as np
 from tendril.hubble import record as rec
 from tendril.hubble.container import FlowRing
 
-CHUNK = 65536
+CHUNK = 65536  # forward scans
+FIRST_CHUNK = 512  # backward scans start small (the newest rows usually answer `--last N`) and grow
 Predicate = Callable[[np.ndarray], np.ndarray]
 
 
@@ -57,10 +58,12 @@ def historical(ring: FlowRing, pred: Predicate, sel: Selection) -> tuple[np.ndar
             count += len(hits)
         return (np.concatenate(picked) if picked else rec.empty(0)), end
     pos = end
+    chunk = FIRST_CHUNK
     while pos > start and (limit is None or count < limit):
-        lo = max(start, pos - CHUNK)
+        lo = max(start, pos - chunk)
         rows = ring.read(lo, pos)
         pos = lo
+        chunk = min(chunk * 4, 4 * CHUNK)
         hits = rows[_mask(rows, pred, sel)]
         if limit is not None:
             hits = hits[max(0, len(hits) - (limit - count)) :]

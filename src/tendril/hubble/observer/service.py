@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tendril.hubble.api import flow_pb2, observer_pb2, observer_pb2_grpc, relay_pb2
 from tendril.hubble.container import FlowRing
-from tendril.hubble.convert import apply_field_mask, row_to_proto
+from tendril.hubble.convert import apply_field_mask, compile_field_mask, rows_to_protos
 from tendril.hubble.filters import FilterError, compile_filters
 from tendril.hubble.observer.getflows import Selection, follow, historical
 from tendril.hubble.record import Tables
@@ -56,19 +56,26 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     def __init__(self, ctx: ObserverContext) -> None:
         self.ctx = ctx
 
-    def _response(self, row, paths: list[str]) -> observer_pb2.GetFlowsResponse:  # noqa: ANN001
-        f = row_to_proto(row, self.ctx.tables)
-        if paths:
-            f = apply_field_mask(f, paths)
-        return observer_pb2.GetFlowsResponse(flow=f, node_name=self.ctx.node_name, time=f.time)
+    def _responses(self, rows, mask) -> list[observer_pb2.GetFlowsResponse]:  # noqa: ANN001
+        out = []
+        for f in rows_to_protos(rows, self.ctx.tables):
+            if mask:
+                f = apply_field_mask(f, mask)
+            out.append(observer_pb2.GetFlowsResponse(flow=f, node_name=self.ctx.node_name, time=f.time))
+        return out
 
     def _lost(self, n: int) -> observer_pb2.GetFlowsResponse:
-        self.ctx.lost_by_source["HUBBLE_RING_BUFFER"] = self.ctx.lost_by_source.get("HUBBLE_RING_BUFFER", 0) + n
+        self.ctx.lost_by_source["HUBBLE_RING_BUFFER"] = (
+            self.ctx.lost_by_source.get("HUBBLE_RING_BUFFER", 0) + n
+        )
         self.ctx.on_lost("hubble_ring_buffer", n)
         now = _ts(time.time_ns())
         ev = flow_pb2.LostEvent(
-            source=flow_pb2.HUBBLE_RING_BUFFER, num_events_lost=n, cpu=wrappers_pb2.Int32Value(value=0),
-            first=now, last=now,
+            source=flow_pb2.HUBBLE_RING_BUFFER,
+            num_events_lost=n,
+            cpu=wrappers_pb2.Int32Value(value=0),
+            first=now,
+            last=now,
         )
         return observer_pb2.GetFlowsResponse(lost_events=ev, node_name=self.ctx.node_name, time=now)
 
@@ -77,6 +84,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
     ) -> AsyncIterator[observer_pb2.GetFlowsResponse]:
         try:
             pred = compile_filters(list(request.whitelist), list(request.blacklist), self.ctx.tables)
+            paths = tuple(request.field_mask.paths) if request.HasField("field_mask") else ()
+            mask = compile_field_mask(paths) if paths else None
         except FilterError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
             return
@@ -90,10 +99,10 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         if sel.first and sel.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be combined with follow")
             return
-        paths = list(request.field_mask.paths) if request.HasField("field_mask") else []
         rows, cursor = historical(self.ctx.ring, pred, sel)
-        for row in rows:
-            yield self._response(row, paths)
+        for start in range(0, len(rows), 1024):
+            for resp in self._responses(rows[start : start + 1024], mask):
+                yield resp
         if not sel.follow:
             return
         async for new, lost in follow(self.ctx.ring, pred, sel, cursor):
@@ -101,8 +110,8 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
                 return
             if lost:
                 yield self._lost(lost)
-            for row in new:
-                yield self._response(row, paths)
+            for resp in self._responses(new, mask):
+                yield resp
 
     async def ServerStatus(self, request, context):  # noqa: ANN001, ANN201, N802
         uptime = time.time_ns() - self.ctx.started_ns
@@ -144,7 +153,9 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "debug events are not recorded by Tendril yet")
 
 
-async def start_observer(ctx: ObserverContext, unix_path: str | None, tcp_addr: str | None) -> grpc.aio.Server:
+async def start_observer(
+    ctx: ObserverContext, unix_path: str | None, tcp_addr: str | None
+) -> grpc.aio.Server:
     server = grpc.aio.server()
     observer_pb2_grpc.add_ObserverServicer_to_server(ObserverServicer(ctx), server)
     health_servicer = health.aio.HealthServicer()
