@@ -232,8 +232,8 @@ def lab_up() -> Lab:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s runs (about 30 s)")
-    ap.add_argument("--rounds", type=int, help="paired rounds (default 3, quick 2)")
-    ap.add_argument("--seconds", type=int, help="iperf3 -t per run, after 1 s omitted (default 4, quick 2)")
+    ap.add_argument("--rounds", type=int, help="rounds, each running every arm once (default 5, quick 2)")
+    ap.add_argument("--seconds", type=int, help="iperf3 -t per run, after 1 s omitted (default 3, quick 2)")
     ap.add_argument("--no-every-packet", action="store_true", help="skip the every-packet-event arm")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -242,8 +242,8 @@ def main() -> int:
     if not shutil.which("iperf3"):
         print("iperf3 is not installed (apt-get install iperf3)", file=sys.stderr)
         return 2
-    rounds = args.rounds or (2 if args.quick else 3)
-    seconds = args.seconds or (2 if args.quick else 4)
+    rounds = args.rounds or (2 if args.quick else 5)
+    seconds = args.seconds or (2 if args.quick else 3)
     arms = [MEDIUM, BARE] + ([] if args.no_every_packet else [EVERY])
     t_start = time.monotonic()
 
@@ -333,9 +333,12 @@ def main() -> int:
         span = "(baseline)" if a == BARE else " ".join(f"{x:.2f}" for x in paired)
         print(f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<22}{ev:11.0f}{ev / (run_s + 1):10.0f}"
               f"{lost:9.0f}{per_pkt:>11}{100 * cpu / (run_s + 1):9.0f}%")
-    print(f"\n  tendril / bare veth = {med[MEDIUM] / base:.2f} (medium aggregation, the default)")
-    if EVERY in med:
-        print(f"  tendril every-packet events / bare veth = {med[EVERY] / base:.2f}")
+    for a, what in ((MEDIUM, "medium aggregation, the default"), (EVERY, "an event for every packet")):
+        if a in med:
+            paired = statistics.median(r[a] / r[BARE] for r in per_round)
+            print(f"\n  tendril / bare veth = {med[a] / base:.2f} ({what}; ratio of medians)"
+                  f"\n  {'':<22}{paired:.2f} (median of the {rounds} per-round ratios)", end="")
+    print()
     bare_pkts = sum(r["bpf_packets"] for r in results[BARE])
     print(f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} "
           "(0 = the programs really were detached)")

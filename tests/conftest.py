@@ -105,13 +105,15 @@ def _require_root() -> None:
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A one-node lab per test module; a module may set LAB_UP_ARGS for extra `lab up` flags."""
     _require_root()
     name = "t" + "".join(random.choices("0123456789abcdef", k=5))
     underlay = f"198.18.{random.randint(1, 250)}.0/24"
     lab = Lab(name, underlay)
     try:
-        tendril("lab", "up", "--name", name, "--underlay", underlay, timeout=120)
+        extra = list(getattr(request.module, "LAB_UP_ARGS", []))
+        tendril("lab", "up", "--name", name, "--underlay", underlay, *extra, timeout=120)
         yield lab
     finally:
         tendril("lab", "down", "--name", name, check=False, timeout=120)

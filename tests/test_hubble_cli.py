@@ -21,7 +21,9 @@ import pytest
 from tendril.hubble.cli.observe import prepare, run_observe
 from tendril.hubble.cli.runio import RunIO
 
-FIXTURES = Path(os.environ.get("HUBBLE_CLI_FIXTURES", "/work/shared/fixtures/hubble-cli"))
+FIXTURES = Path(
+    os.environ.get("HUBBLE_CLI_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/hubble-cli")
+)
 
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="hubble CLI fixtures not available")
 

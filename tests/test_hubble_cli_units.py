@@ -34,7 +34,9 @@ from tendril.hubble.cli.settings import Settings
 from tendril.hubble.cli.status import format_server_status
 from tendril.hubble.cli.tabwriter import TabWriter
 
-FIXTURES = Path(os.environ.get("HUBBLE_CLI_FIXTURES", "/work/shared/fixtures/hubble-cli"))
+FIXTURES = Path(
+    os.environ.get("HUBBLE_CLI_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/hubble-cli")
+)
 
 
 def _rio(stdin: str = "", env: dict[str, str] | None = None) -> RunIO:
@@ -349,3 +351,38 @@ def test_verdict_names_without_policy_verdict() -> None:
     assert p.verdict(f) == "AUDIT"
     f.event_type.type = 5
     assert p.verdict(f) == "AUDITED"
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="hubble CLI fixtures not available")
+@pytest.mark.parametrize(
+    ("args", "uuids"),
+    [
+        (["--verdict", "DROPPED"], [5, 7, 33, 34]),
+        (["--from-pod", "default/tiefighter", "--not", "--type", "policy-verdict"], [5, 33]),
+        (["--http-status", "5+"], [29]),
+        (["-l", "k8s:app=frontend", "--to-port", "9090"], [30]),
+        (["--fqdn", "*.github.com"], [8, 20]),
+        (["--node-name", "kind-worker2", "--first", "2"], [1, 4]),
+        (["--ip", "10.244.3.0/24", "--protocol", "http"], [28, 29]),
+    ],
+)
+def test_input_file_applies_filters(args: list[str], uuids: list[int]) -> None:
+    rio = _rio()
+    assert run_observe(["--input-file", str(FIXTURES / "flows.jsonl"), "-o", "jsonpb", *args], rio) == 0
+    out, _ = _outputs(rio)
+    got = [int(json.loads(line)["flow"]["uuid"].rsplit("-", 1)[1]) for line in out.splitlines()]
+    assert got == uuids
+
+
+def test_input_file_rejects_bad_filter_values() -> None:
+    rio = _rio()
+    assert run_observe(["--input-file", "-", "--from-ip", "bogus"], rio) == 1
+    assert _outputs(rio) == ("", 'invalid source_ip filter: "bogus" is not an IP address or CIDR\n')
+
+
+def test_unknown_node_is_one_clear_line() -> None:
+    rio = _rio()
+    assert run_observe(["--node", "no-such-node-0"], rio) == 1
+    out, err = _outputs(rio)
+    assert out == ""
+    assert err.startswith("no Hubble socket for node 'no-such-node-0' at ") and err.count("\n") == 1

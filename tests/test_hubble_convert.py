@@ -27,9 +27,9 @@ from tendril.hubble.convert import (
 from tendril.hubble.filters import FilterError
 from tendril.hubble.record import EndpointMeta, Tables
 
-FIXTURES = Path(os.environ.get("HUBBLE_CLI_FIXTURES", "/work/shared/fixtures/hubble-cli"))
-if not FIXTURES.is_dir():  # CI lays shared/ beside the clone
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "hubble-cli"
+FIXTURES = Path(
+    os.environ.get("HUBBLE_CLI_FIXTURES", Path(__file__).resolve().parents[2] / "shared/fixtures/hubble-cli")
+)
 needs_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason="hubble CLI fixtures not available")
 
 # The CLI's default field mask (-o compact / dict / table), hubble-api.md section 3.

@@ -1,7 +1,7 @@
 """Wire compatibility of Tendril's Hubble API (proto/ -> tendril.hubble.api) with upstream hubble.
 
 1. Every message / field / number / type / enum value in the wire reference
-   (/work/shared/reference/hubble-api.md, section 5, parsed at test time) matches our descriptors.
+   (../shared/reference/hubble-api.md, section 5, parsed at test time) matches our descriptors.
 2. The golden GetFlowsRequests sent by the upstream CLI (fixtures/hubble-cli/requests.json) parse,
    re-serialise to the same bytes and have the same JSON form.
 3. Every line of fixtures/hubble-cli/flows.jsonl parses strictly into GetFlowsResponse and

@@ -58,23 +58,26 @@ def _os_error_text(e: OSError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
-def local_agent_target(lab: str) -> str | None:
-    """``unix://`` address of the first lab node whose agent serves the Hubble Observer socket."""
+def local_agent_target(lab: str, node: str | None = None) -> str | None:
+    """``unix://`` address of the (given, else first) lab node whose agent serves the Observer."""
     from tendril.cli.client import resolve_nodes
 
     try:
-        nodes = resolve_nodes(lab, None)
+        nodes = resolve_nodes(lab, node or None)
     except TendrilError:
         return None
     for node in nodes:
-        sock = paths.node_run_dir(node) / "hubble.sock"
+        sock = paths.hubble_socket(node)
         if sock.exists():
             return f"unix://{sock}"
     return None
 
 
 def resolve_server(settings: Settings) -> str:
-    """--server, else HUBBLE_SERVER / config ``server:``, else the local agent, else localhost:4245."""
+    """--server, else HUBBLE_SERVER / config ``server:``, else the local agent, else localhost:4245.
+
+    ``--node`` picks the node of a multi-node lab (each node's agent serves its own flows).
+    """
     flag = settings.fs.lookup("server")
     assert flag is not None
     if flag.changed:
@@ -84,7 +87,13 @@ def resolve_server(settings: Settings) -> str:
     configured = settings.config().get("server")
     if configured:
         return str(configured)
-    return local_agent_target(str(settings.get("lab"))) or DEFAULT_SERVER
+    node = str(settings.get("node") or "")
+    target = local_agent_target(str(settings.get("lab")), node)
+    if target is None and node:
+        raise CLIError(
+            f"no Hubble socket for node {node!r} at {paths.hubble_socket(node)}: is its agent running?"
+        )
+    return target or DEFAULT_SERVER
 
 
 @dataclass

@@ -169,6 +169,15 @@ def add_server_flags(fs: FlagSet) -> None:
             group=g,
         )
     )
+    fs.add(
+        Flag(
+            "node",
+            STRING,
+            "",
+            help="Tendril node whose agent to talk to when no server is given (default: the lab's first)",
+            group=g,
+        )
+    )
 
 
 def observe_flagset(builder: FlowFilterBuilder) -> FlagSet:

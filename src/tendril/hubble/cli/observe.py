@@ -7,6 +7,7 @@ GetFlows stream ends cleanly on EOF or cancellation and otherwise prints the gRP
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 
 import grpc
@@ -19,6 +20,7 @@ from tendril.hubble.cli.errors import CLIError
 from tendril.hubble.cli.filters_builder import FlowFilterBuilder
 from tendril.hubble.cli.input_file import replay
 from tendril.hubble.cli.logger import Logger
+from tendril.hubble.cli.offline_filters import build_matcher
 from tendril.hubble.cli.pflags import FlagSet, HelpRequested
 from tendril.hubble.cli.printer import COMPACT, DICT, JSON_LEGACY, JSONPB, TABLE, Printer, PrinterOptions
 from tendril.hubble.cli.request import (
@@ -28,7 +30,7 @@ from tendril.hubble.cli.request import (
     build_request,
     raw_filters_yaml,
 )
-from tendril.hubble.cli.runio import RunIO, text_stderr
+from tendril.hubble.cli.runio import RunIO, silence_stdout, text_stderr
 from tendril.hubble.cli.settings import Settings
 
 USAGE = """Observe provides visibility into flow information on the network and application level.
@@ -113,11 +115,11 @@ def prepare(
     return fs, settings, opts, req
 
 
-def _open_input(path: str, io: RunIO) -> Iterable[str]:
+def _open_input(path: str, io: RunIO, stack: contextlib.ExitStack) -> Iterable[str]:
     if path == "-":
         return io.stdin
     try:
-        return open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115 - closed at exit
+        return stack.enter_context(open(path, encoding="utf-8", errors="surrogateescape"))
     except OSError as e:
         reason = (e.strerror or str(e))[:1].lower() + (e.strerror or str(e))[1:]
         raise CLIError(f"open {path}: {reason}") from None
@@ -135,10 +137,12 @@ def _stream(
     if input_file:
         if settings.get("port-forward"):
             raise CLIError("cannot use --input-file and --auto-port-forward together")
-        lines = _open_input(input_file, io)
-        log.debug("Sending GetFlows request", req=text_format.MessageToString(req, as_one_line=True))
-        for res in replay(lines, req, log):
-            printer.write_response(res)
+        with contextlib.ExitStack() as stack:
+            lines = _open_input(input_file, io, stack)
+            matcher = build_matcher(req)
+            log.debug("Sending GetFlows request", req=text_format.MessageToString(req, as_one_line=True))
+            for res in replay(lines, req, log, matcher):
+                printer.write_response(res)
         return
     conn = connect(settings)
     log.debug("connected to Hubble API", server=conn.target)
@@ -184,5 +188,11 @@ def run_observe(args: Sequence[str], io: RunIO | None = None, prog: str = "tendr
         return 1
     except KeyboardInterrupt:
         pass
-    printer.close()
+    except BrokenPipeError:  # `| head`: the reader is gone, stop quietly
+        silence_stdout(io)
+        return 0
+    try:
+        printer.close()
+    except BrokenPipeError:
+        silence_stdout(io)
     return 0

@@ -51,3 +51,14 @@ class _TextErr:
 
 def text_stderr(io: RunIO) -> TextIO:
     return _TextErr(io)  # type: ignore[return-value]
+
+
+def silence_stdout(io: RunIO) -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush does not fail."""
+    try:
+        fd = io.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
