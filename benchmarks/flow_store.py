@@ -21,14 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_observer import make_rows  # noqa: E402 - synthetic flows shared with the tests
-
 from tendril.hubble import record as rec  # noqa: E402
 from tendril.hubble.api import flow_pb2  # noqa: E402
 from tendril.hubble.container import FlowRing  # noqa: E402
 from tendril.hubble.convert import rows_to_protos  # noqa: E402
 from tendril.hubble.filters import compile_filters  # noqa: E402
 from tendril.hubble.observer.getflows import Selection, historical  # noqa: E402
+from test_observer import make_rows  # noqa: E402 - synthetic flows shared with the tests
 
 
 def fill_ring(capacity: int) -> tuple[FlowRing, rec.Tables]:
@@ -80,12 +79,16 @@ def main() -> None:
     pb_bytes = bytes_per_flow_protobuf(ring, tables, sample)
     print(f"flows stored:                    {n:,} (filled in {fill_s:.2f} s)")
     print(f"bytes per stored flow, tendril:  {store_bytes:,.0f}  (numpy rows, strings interned)")
-    print(f"bytes per stored flow, protobuf: {pb_bytes:,.0f}  (flow.Flow objects in a list; {sample:,} sampled)")
+    print(
+        f"bytes per stored flow, protobuf: {pb_bytes:,.0f}  (flow.Flow objects in a list; {sample:,} sampled)"
+    )
     print(f"tendril / protobuf memory = {store_bytes / pb_bytes:.3f}")
 
     # A selective query: drops from one pod to port 80, last 20 (what `hubble observe --from-pod
     # default/xwing --verdict DROPPED --to-port 80` sends).
-    wl = [flow_pb2.FlowFilter(source_pod=["default/xwing"], verdict=[flow_pb2.DROPPED], destination_port=["80"])]
+    wl = [
+        flow_pb2.FlowFilter(source_pod=["default/xwing"], verdict=[flow_pb2.DROPPED], destination_port=["80"])
+    ]
     pred = compile_filters(wl, [], tables)
     sel = Selection(number=20, first=False, follow=False, since_ns=None, until_ns=None)
 
@@ -133,11 +136,15 @@ def main() -> None:
     b_scan = timeit(base_scan, 3) * (n / sample)  # extrapolated to the full store
     print()
     print("GetFlows, last 20 drops from default/xwing to port 80 (found near the newest rows):")
-    print(f"  tendril {t_sel * 1e3:8.2f} ms   protobuf list {b_sel * 1e3:8.2f} ms   tendril / baseline = "
-          f"{t_sel / b_sel:.2f}")
+    print(
+        f"  tendril {t_sel * 1e3:8.2f} ms   protobuf list {b_sel * 1e3:8.2f} ms   tendril / baseline = "
+        f"{t_sel / b_sel:.2f}"
+    )
     print(f"GetFlows, a filter matching nothing (scans all {n:,} flows):")
-    print(f"  tendril {t_scan * 1e3:8.2f} ms   protobuf list {b_scan * 1e3:8.2f} ms (extrapolated from "
-          f"{sample:,})   tendril / baseline = {t_scan / b_scan:.3f}")
+    print(
+        f"  tendril {t_scan * 1e3:8.2f} ms   protobuf list {b_scan * 1e3:8.2f} ms (extrapolated from "
+        f"{sample:,})   tendril / baseline = {t_scan / b_scan:.3f}"
+    )
 
 
 if __name__ == "__main__":

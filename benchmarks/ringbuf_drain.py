@@ -14,8 +14,8 @@ What runs (no lab, no network: one process plus one forked producer child):
         per record that copies it (ctypes.string_at -> bytes) and struct.unpacks it, the classic
         BCC/libbpf Python pattern;
       - "numpy batch": tendril.bpf.RingBufferReader.drain(), the agent's read path;
-      - "numpy batch + parse": the same plus the agent's parser (parse_events into a FlowRing, or
-        EventDecoder -> Flow objects in older trees), with endpoint lookups, as the agent's EventPump.
+      - "numpy batch + parse": the same plus the agent's parser (parse_events into a FlowRing),
+        with endpoint lookups, as the agent's EventPump.
   * Every stage checks the accounting: drained + lost (tnd_lost, summed over CPUs) == produced, and
     reports records the reader stepped over ("skipped": RingBufferReader.skipped + .discarded).
 
@@ -25,15 +25,14 @@ rate up to which no event was lost, per consumer. Ratios are against the libbpf-
 measured in the same run. Nothing asserts on time; the figures depend on what else the machine runs
 (the load average is printed).
 
-    sudo .venv/bin/python benchmarks/ringbuf_drain.py            # about 45 s
-    sudo .venv/bin/python benchmarks/ringbuf_drain.py --quick    # about 12 s
+    sudo .venv/bin/python benchmarks/ringbuf_drain.py            # about 30 s
+    sudo .venv/bin/python benchmarks/ringbuf_drain.py --quick    # about 10 s
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib
 import ipaddress
 import multiprocessing as mp
 import os
@@ -52,6 +51,9 @@ import numpy as np
 from tendril.bpf import BpfObject, RingBufferReader, TypedMap, abi, test_run
 from tendril.bpf import libbpf as lb
 from tendril.bpf.bpffs import ensure_bpffs
+from tendril.hubble.container import FlowRing
+from tendril.hubble.parser.events import parse_events
+from tendril.hubble.record import EndpointMeta, Tables
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJ = ROOT / "build" / "bpf" / "lxc.o"
@@ -145,55 +147,41 @@ class Datapath:
 
 
 def agent_parser() -> tuple[str, Callable[[np.ndarray], int]]:
-    """(description, parse(records) -> number of flows) using the agent's current parser.
+    """(description, parse(records) -> number of flows) using the agent's parser.
 
-    The columnar parser (tendril.hubble.parser.events.parse_events appending to a FlowRing) when the
-    tree has it, else the per-record EventDecoder -> Flow objects of earlier trees. Both resolve the
-    endpoint metadata of both addresses of every event, as the agent does.
+    parse_events appends FlowRing rows and resolves the endpoint metadata of both addresses of
+    every event, as the agent's EventPump does.
     """
-    try:
-        from tendril.hubble.container import FlowRing
-        from tendril.hubble.parser.events import parse_events
-        from tendril.hubble.record import EndpointMeta, Tables
-    except ImportError:
-        pass
-    else:
-        tables = Tables()
-        ids = {
-            ipaddress.IPv4Address(ip).packed + bytes(12): tables.endpoints.intern(
-                EndpointMeta(id=i, identity=5, namespace="bench", pod_name=name, labels=(f"k8s:app={name}",)))
-            for ip, i, name in ((POD_IP, 1234, "client"), (PEER_IP, 1235, "server"))
-        }
-        ifname = tables.strings.intern("lxcbench0")
-        node_id = tables.strings.intern("bench-node1")
+    tables = Tables()
+    ids = {
+        ipaddress.IPv4Address(ip).packed + bytes(12): tables.endpoints.intern(
+            EndpointMeta(id=i, identity=5, namespace="bench", pod_name=name, labels=(f"k8s:app={name}",))
+        )
+        for ip, i, name in ((POD_IP, 1234, "client"), (PEER_IP, 1235, "server"))
+    }
+    ifname = tables.strings.intern("lxcbench0")
+    node_id = tables.strings.intern("bench-node1")
 
-        class Resolver:
-            def endpoint_ids(self, addrs: np.ndarray) -> np.ndarray:
-                return np.fromiter((ids.get(a.tobytes(), 0) for a in addrs), dtype=np.uint32,
-                                   count=len(addrs))
+    class Resolver:
+        def endpoint_ids(self, addrs: np.ndarray) -> np.ndarray:
+            return np.fromiter((ids.get(a.tobytes(), 0) for a in addrs), dtype=np.uint32, count=len(addrs))
 
-            def identity_of(self, meta_ids: np.ndarray) -> np.ndarray:
-                return np.fromiter((tables.endpoint(i).identity for i in meta_ids), dtype=np.uint32,
-                                   count=len(meta_ids))
+        def identity_of(self, meta_ids: np.ndarray) -> np.ndarray:
+            return np.fromiter(
+                (tables.endpoint(i).identity for i in meta_ids), dtype=np.uint32, count=len(meta_ids)
+            )
 
-            def ifname_ids(self, ifindexes: np.ndarray) -> np.ndarray:
-                return np.full(len(ifindexes), ifname, dtype=np.uint32)
+        def ifname_ids(self, ifindexes: np.ndarray) -> np.ndarray:
+            return np.full(len(ifindexes), ifname, dtype=np.uint32)
 
-        store, resolver = FlowRing(), Resolver()
+    store, resolver = FlowRing(), Resolver()
 
-        def parse(records: np.ndarray) -> int:
-            rows = parse_events(records, node_id, resolver, time.time_ns() - time.monotonic_ns())
-            store.append(rows)
-            return len(rows)
+    def parse(records: np.ndarray) -> int:
+        rows = parse_events(records, node_id, resolver, time.time_ns() - time.monotonic_ns())
+        store.append(rows)
+        return len(rows)
 
-        return "parse_events -> FlowRing rows", parse
-
-    decode = importlib.import_module("tendril.hubble.parser.decode")  # trees before the columnar parser
-    meta = importlib.import_module("tendril.hubble.parser.flow").EndpointMeta
-    table = {POD_IP: meta(id=1234, namespace="bench", pod_name="client", labels=("k8s:app=client",)),
-             PEER_IP: meta(id=1235, namespace="bench", pod_name="server", labels=("k8s:app=server",))}
-    decoder = decode.EventDecoder("bench-node1", table.get, lambda i: "lxcbench0")
-    return "EventDecoder -> Flow objects", lambda records: len(decoder.decode(records))
+    return "parse_events -> FlowRing rows", parse
 
 
 class NumpyConsumer:
@@ -378,7 +366,7 @@ def loadavg() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shorter stages, fewer repetitions (about 12 s)")
+    ap.add_argument("--quick", action="store_true", help="shorter stages, fewer repetitions (about 10 s)")
     ap.add_argument("--ring-bytes", type=int, default=4 << 20, help="tnd_events size (agent default 4 MiB)")
     ap.add_argument("--seconds", type=float,
                     help="length of each offered-rate stage (default 1.5, quick 0.4)")
@@ -471,7 +459,9 @@ def main() -> int:
             print(f"   {name:<22}{no_overflow:>18}{delivered:>21}{fmt_rate(best[name]):>16}   {ratio:7.2f}")
         all_rows = [r for rs in results.values() for _, r in rs]
         exact = sum(r["drained"] + r["lost"] == r["produced"] for r in all_rows)
-        print(f"   accounting drained + lost == produced: {exact} of {len(all_rows)} stages")
+        with_skips = sum(r["drained"] + r["lost"] + r["skipped"] == r["produced"] for r in all_rows)
+        print(f"   accounting drained + lost == produced: {exact} of {len(all_rows)} stages; "
+              f"drained + lost + skipped == produced: {with_skips} of {len(all_rows)}")
         skipped = sum(r["skipped"] for r in all_rows)
         if skipped:
             print(f"   !! RingBufferReader stepped over {skipped} committed records (counted in "

@@ -27,7 +27,7 @@ What runs (everything inside the lab's namespaces):
 It prints medians per arm and "tendril / bare veth" ratios (of medians, and per round). Nothing
 asserts on time; figures depend on what else the machine runs (the load average is printed).
 
-    sudo .venv/bin/python benchmarks/throughput_iperf3.py            # about 70 s
+    sudo .venv/bin/python benchmarks/throughput_iperf3.py            # about 80 s
     sudo .venv/bin/python benchmarks/throughput_iperf3.py --quick    # about 30 s
 """
 
@@ -320,7 +320,8 @@ def main() -> int:
     base = med[BARE]
     run_s = seconds
     print(f"\nsummary (median of {rounds} runs; ratios against the bare-veth baseline of the same run)")
-    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<22}{'events/run':>11}"
+    w = max(18, 5 * rounds) + 2
+    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<{w}}{'events/run':>11}"
           f"{'events/s':>10}{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}")
     for a in arms:
         rs = results[a]
@@ -331,7 +332,7 @@ def main() -> int:
         cpu = statistics.median(r["agent_cpu"] for r in rs)
         per_pkt = f"{ev / pkts:.3f}" if pkts else "-"
         span = "(baseline)" if a == BARE else " ".join(f"{x:.2f}" for x in paired)
-        print(f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<22}{ev:11.0f}{ev / (run_s + 1):10.0f}"
+        print(f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<{w}}{ev:11.0f}{ev / (run_s + 1):10.0f}"
               f"{lost:9.0f}{per_pkt:>11}{100 * cpu / (run_s + 1):9.0f}%")
     for a, what in ((MEDIUM, "medium aggregation, the default"), (EVERY, "an event for every packet")):
         if a in med:

@@ -39,9 +39,11 @@ s.sendto(b'hello', ('$v4', 9000)); print('udp echo from $v4:9000:', s.recvfrom(1
   fi
 done <<< "$ips"
 
-step "tendril observe --last 30 (flows decoded from the eBPF ring buffer)"
+step "tendril hubble observe --last 30 (flows from the eBPF ring buffer, via the Hubble Observer API)"
 sleep 0.3
-tendril observe --last 30
+tendril hubble observe --last 30
+step "tendril hubble status"
+tendril hubble status
 step "tendril endpoint list"
 tendril endpoint list
 step "tendril bpf metrics list"

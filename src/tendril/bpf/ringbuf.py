@@ -154,6 +154,11 @@ class RingBufferReader:
         if hdr & BUSY_BIT:
             return False
         length = hdr & ~(BUSY_BIT | DISCARD_BIT)
+        if not hdr & DISCARD_BIT and length == self.record_dtype.itemsize:
+            # The producer committed it between the batch scan and this re-read: it is a normal
+            # record, so hand it back to the batch path instead of skipping it.
+            self._odd_next = cons
+            return True
         if hdr & DISCARD_BIT:
             self.discarded += 1
         else:

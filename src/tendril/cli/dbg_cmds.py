@@ -8,7 +8,7 @@ import sys
 import click
 
 from tendril.cli.client import DEFAULT_LAB, AgentClient, resolve_nodes
-from tendril.cli.format_flows import monitor_line
+from tendril.cli.monitor_format import monitor_line
 from tendril.cli.tabwriter import render
 from tendril.hubble.parser.flow import flow_from_wire
 from tendril.monitor import api

@@ -25,6 +25,7 @@ from tendril.hubble import record as rec
 from tendril.hubble.api import flow_pb2
 from tendril.hubble.filters.base import FilterError
 from tendril.hubble.record import FLOW_DTYPE, EndpointMeta, Tables
+from tendril.monitor.api import icmp_type_code_text
 
 EMITTER_NAME = "Tendril"
 EMITTER_VERSION: str = getattr(tendril, "__version__", None) or "0.1.0"
@@ -48,74 +49,6 @@ TCP_FLAG_ORDER: tuple[tuple[str, int], ...] = (
     ("CWR", 0x80),
 )
 
-# ICMP type/code names as gopacket's ICMPv4TypeCode/ICMPv6TypeCode.String() spell them:
-# type -> (name, {code: name} or None when the type has no codes).
-_ICMPV4: dict[int, tuple[str, dict[int, str] | None]] = {
-    0: ("EchoReply", None),
-    3: (
-        "DestinationUnreachable",
-        {
-            0: "Net",
-            1: "Host",
-            2: "Protocol",
-            3: "Port",
-            4: "FragmentationNeeded",
-            5: "SourceRoutingFailed",
-            6: "NetUnknown",
-            7: "HostUnknown",
-            8: "SourceIsolated",
-            9: "NetAdminProhibited",
-            10: "HostAdminProhibited",
-            11: "NetTOS",
-            12: "HostTOS",
-            13: "CommAdminProhibited",
-            14: "HostPrecedence",
-            15: "PrecedenceCutoff",
-        },
-    ),
-    4: ("SourceQuench", None),
-    5: ("Redirect", {0: "Net", 1: "Host", 2: "TOS+Net", 3: "TOS+Host"}),
-    8: ("EchoRequest", None),
-    9: ("RouterAdvertisement", None),
-    10: ("RouterSolicitation", None),
-    11: ("TimeExceeded", {0: "TTLExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    12: ("ParameterProblem", {0: "PointerIndicatesError", 1: "MissingOption", 2: "BadLength"}),
-    13: ("TimestampRequest", None),
-    14: ("TimestampReply", None),
-    15: ("InfoRequest", None),
-    16: ("InfoReply", None),
-    17: ("AddressMaskRequest", None),
-    18: ("AddressMaskReply", None),
-}
-_ICMPV6: dict[int, tuple[str, dict[int, str] | None]] = {
-    1: (
-        "DestinationUnreachable",
-        {
-            0: "NoRouteToDst",
-            1: "AdminProhibited",
-            2: "BeyondScopeOfSrc",
-            3: "AddressUnreachable",
-            4: "PortUnreachable",
-            5: "SrcAddressFailedPolicy",
-            6: "RejectRouteToDst",
-        },
-    ),
-    2: ("PacketTooBig", None),
-    3: ("TimeExceeded", {0: "HopLimitExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    4: (
-        "ParameterProblem",
-        {0: "ErroneousHeaderField", 1: "UnrecognizedNextHeader", 2: "UnrecognizedIPv6Option"},
-    ),
-    128: ("EchoRequest", None),
-    129: ("EchoReply", None),
-    133: ("RouterSolicitation", None),
-    134: ("RouterAdvertisement", None),
-    135: ("NeighborSolicitation", None),
-    136: ("NeighborAdvertisement", None),
-    137: ("Redirect", None),
-}
-
-
 # ---- pieces ------------------------------------------------------------------------------------
 
 
@@ -130,19 +63,6 @@ def ip_text(raw: bytes, version: int) -> str:
 
 def tcp_flag_names(flags: int) -> list[str]:
     return [name for name, bit in TCP_FLAG_ORDER if flags & bit]
-
-
-def icmp_type_code_text(l4_proto: int, icmp_type: int, icmp_code: int) -> str:
-    """gopacket's ICMPv4TypeCode / ICMPv6TypeCode String(): "EchoRequest", "DestinationUnreachable(Port)"."""
-    table = _ICMPV4 if l4_proto == IPPROTO_ICMP else _ICMPV6
-    info = table.get(icmp_type)
-    if info is None:
-        return f"{icmp_type}({icmp_code})"
-    name, codes = info
-    if codes is None:
-        return name if icmp_code == 0 else f"{name}(Code: {icmp_code})"
-    code_name = codes.get(icmp_code)
-    return f"{name}({code_name})" if code_name is not None else f"{name}(Code: {icmp_code})"
 
 
 def l34_summary(l4_proto: int, ip_version: int, tcp_flags: int, icmp_type: int, icmp_code: int) -> str:

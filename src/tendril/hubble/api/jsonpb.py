@@ -153,9 +153,7 @@ def _is_repeated(fd: _d.FieldDescriptor) -> bool:
 
 def _is_map(fd: _d.FieldDescriptor) -> bool:
     return (
-        fd.type == _FD.TYPE_MESSAGE
-        and fd.message_type.has_options
-        and fd.message_type.GetOptions().map_entry
+        fd.type == _FD.TYPE_MESSAGE and fd.message_type.has_options and fd.message_type.GetOptions().map_entry
     )
 
 

@@ -84,10 +84,7 @@ class FlowRing:
         if end <= start:
             return rec.empty(0)
         s, e = start & self._mask, end & self._mask
-        if s < e:
-            out = self._raw[s:e].copy()
-        else:
-            out = np.concatenate((self._raw[s:], self._raw[:e]))
+        out = self._raw[s:e].copy() if s < e else np.concatenate((self._raw[s:], self._raw[:e]))
         return out.view(rec.FLOW_DTYPE).reshape(end - start)
 
     def view_all(self) -> np.ndarray:

@@ -28,18 +28,7 @@ PORT_PROTOCOLS = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 TCP_FIN, TCP_SYN, TCP_RST, TCP_ACK = 0x01, 0x02, 0x04, 0x10
 
 # Reserved security identities (cilium-dbg identity list); 9/10 are world-ipv4/world-ipv6.
-RESERVED_IDENTITIES: dict[int, str] = {
-    1: "host",
-    2: "world",
-    3: "unmanaged",
-    4: "health",
-    5: "init",
-    6: "remote-node",
-    7: "kube-apiserver",
-    8: "ingress",
-    9: "world-ipv4",
-    10: "world-ipv6",
-}
+RESERVED_IDENTITIES: dict[int, str] = {k: v for k, v in api.RESERVED_IDENTITY_NAMES.items() if k}
 IDENTITY_HOST, IDENTITY_WORLD, IDENTITY_HEALTH = 1, 2, 4
 WORLD_IDENTITIES = (2, 9, 10)
 
@@ -108,81 +97,6 @@ def policy_match_name(match: int) -> str:
     return POLICY_MATCH_NAMES.get(match, "unknown").lower()
 
 
-# gopacket layers.ICMPv4TypeCode / ICMPv6TypeCode String() tables: type -> (name, {code: name} | None).
-_ICMP4: dict[int, tuple[str, dict[int, str] | None]] = {
-    0: ("EchoReply", None),
-    3: (
-        "DestinationUnreachable",
-        {
-            0: "Net",
-            1: "Host",
-            2: "Protocol",
-            3: "Port",
-            4: "FragmentationNeeded",
-            5: "SourceRoutingFailed",
-            6: "NetUnknown",
-            7: "HostUnknown",
-            8: "SourceIsolated",
-            9: "NetAdminProhibited",
-            10: "HostAdminProhibited",
-            11: "NetTOS",
-            12: "HostTOS",
-            13: "CommAdminProhibited",
-            14: "HostPrecedence",
-            15: "PrecedenceCutoff",
-        },
-    ),
-    4: ("SourceQuench", None),
-    5: ("Redirect", {0: "Net", 1: "Host", 2: "TOS+Net", 3: "TOS+Host"}),
-    8: ("EchoRequest", None),
-    9: ("RouterAdvertisement", None),
-    10: ("RouterSolicitation", None),
-    11: ("TimeExceeded", {0: "TTLExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    12: ("ParameterProblem", {0: "PointerIndicatesError", 1: "MissingOption", 2: "BadLength"}),
-    13: ("TimestampRequest", None),
-    14: ("TimestampReply", None),
-    15: ("InfoRequest", None),
-    16: ("InfoReply", None),
-    17: ("AddressMaskRequest", None),
-    18: ("AddressMaskReply", None),
-}
-_ICMP6: dict[int, tuple[str, dict[int, str] | None]] = {
-    1: (
-        "DestinationUnreachable",
-        {
-            0: "NoRouteToDst",
-            1: "AdminProhibited",
-            2: "BeyondScopeOfSrc",
-            3: "AddressUnreachable",
-            4: "PortUnreachable",
-            5: "SrcAddressFailedPolicy",
-            6: "RejectRouteToDst",
-        },
-    ),
-    2: ("PacketTooBig", None),
-    3: ("TimeExceeded", {0: "HopLimitExceeded", 1: "FragmentReassemblyTimeExceeded"}),
-    4: (
-        "ParameterProblem",
-        {0: "ErroneousHeaderField", 1: "UnrecognizedNextHeader", 2: "UnrecognizedIPv6Option"},
-    ),
-    128: ("EchoRequest", None),
-    129: ("EchoReply", None),
-    133: ("RouterSolicitation", None),
-    134: ("RouterAdvertisement", None),
-    135: ("NeighborSolicitation", None),
-    136: ("NeighborAdvertisement", None),
-    137: ("Redirect", None),
-}
-
-
 def icmp_type_code(l4_proto: int, icmp_type: int, code: int) -> str:
     """The icmp "type" label: "EchoRequest", "DestinationUnreachable(Port)", "42(0)" for unknown types."""
-    table = _ICMP4 if l4_proto == IPPROTO_ICMP else _ICMP6
-    info = table.get(icmp_type)
-    if info is None:
-        return f"{icmp_type}({code})"
-    name, codes = info
-    if codes is None:
-        return name if code == 0 else f"{name}(Code: {code})"
-    code_name = codes.get(code)
-    return f"{name}({code_name})" if code_name is not None else f"{name}(Code: {code})"
+    return api.icmp_type_code_text(l4_proto, icmp_type, code)

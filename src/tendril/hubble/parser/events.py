@@ -45,8 +45,25 @@ def _v16(col: np.ndarray) -> np.ndarray:
 
 
 def _map_distinct(values: np.ndarray, fn) -> np.ndarray:  # noqa: ANN001 - fn: distinct values -> ids
-    if len(values) == 0:
+    n = len(values)
+    if n == 0:
         return np.zeros(0, dtype=np.uint32)
+    if n <= 16:
+        # Small batches: a dict of the distinct values beats np.unique's fixed cost.
+        index: dict[bytes, int] = {}
+        inverse = np.fromiter((index.setdefault(v.tobytes(), len(index)) for v in values), np.int64, n)
+        uniq = np.frombuffer(b"".join(index), dtype=values.dtype)
+        return np.asarray(fn(uniq), dtype=np.uint32)[inverse]
+    if values.dtype.kind == "V":
+        # numpy sorts 16-byte void values slowly: unique on a 64-bit hash of each address, then
+        # check the (astronomically unlikely) collision case before trusting it.
+        halves = np.ascontiguousarray(values).view("<u8").reshape(n, 2)
+        key = (halves[:, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ halves[:, 1]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        uniq = values[first]
+        if not (uniq[inverse.reshape(-1)] == values).all():
+            uniq, inverse = np.unique(values, return_inverse=True)
+        return np.asarray(fn(uniq), dtype=np.uint32)[inverse.reshape(-1)]
     uniq, inverse = np.unique(values, return_inverse=True)
     return np.asarray(fn(uniq), dtype=np.uint32)[inverse.reshape(-1)]
 
