@@ -9,10 +9,10 @@ import urllib.request
 
 import grpc
 import pytest
-from conftest import Lab, tendril
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import Lab, tendril
 from tendril.common import paths
 from tendril.datapath.netns import call_in_netns
 from tendril.hubble.api import flow_pb2, observer_pb2, observer_pb2_grpc
