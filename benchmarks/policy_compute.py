@@ -30,7 +30,7 @@ from tendril.policy import EndpointPolicy, LocalEndpoint, Policy, PolicyResolver
 from tendril.policy.cidr import required_cidr_prefixes, selects_prefix
 from tendril.policy.entities import entity_selectors
 from tendril.policy.policymap import KeyTable, build_entries
-from tendril.policy.resolve import HOST, WORLD, _named, _proto_ports
+from tendril.policy.resolve import HOST, WORLD, named_proto_ports, proto_ports
 from tendril.policy.rules import AllPeers, CIDRPeer, EndpointPeers, EntityPeers, PeerRule
 from tendril.policy.selector import Selector, label_index
 
@@ -190,7 +190,7 @@ def naive_resolve(
             pps = (
                 [(0, 0, 0)]
                 if specs is None
-                else [pp for s in specs if s.name is None for pp in _proto_ports(s)]
+                else [pp for s in specs if s.name is None for pp in proto_ports(s)]
             )
             table.add_many([(i, pr.egress, *pp) for i in ids for pp in dict.fromkeys(pps)], pr.deny, pr.ref)
             for s in specs or ():
@@ -198,11 +198,11 @@ def naive_resolve(
                     continue
                 if not pr.egress:
                     if s.name in ep.named_ports:
-                        pps2 = _named(s, [ep.named_ports[s.name]])
+                        pps2 = named_proto_ports(s, [ep.named_ports[s.name]])
                         table.add_many([(i, False, *pp) for i in ids for pp in pps2], pr.deny, pr.ref)
                 else:
                     for i in ids:
-                        pps2 = _named(s, peer_named_ports(i).get(s.name, ()))
+                        pps2 = named_proto_ports(s, peer_named_ports(i).get(s.name, ()))
                         table.add_many([(i, True, *pp) for pp in pps2], pr.deny, pr.ref)
     if ingress and ep.identity != HOST:
         table.add((HOST, False, 0, 0, 0), False, "allow-localhost")

@@ -7,13 +7,15 @@
  *   tnd_to_container:   tcx egress = traffic entering the pod
  *                       (TRACE_TO_LXC, metrics INGRESS, CT scope INGRESS)
  * Both run the same pipeline; the hook constant selects the differences
- * and, being constant, lets the compiler specialise each program.
+ * and, being constant, lets the compiler specialise each program. Each
+ * enforces the policy of its own direction (egress, ingress).
  */
 #include "common.h"
 #include "maps.h"
 #include "parse.h"
 #include "endpoint.h"
 #include "conntrack.h"
+#include "policy.h"
 #include "verdict.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -46,12 +48,20 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		goto drop;
 	}
 
-	/* 4. Conntrack. */
-	reason = tnd_ct_process(&p, h->ct_scope);
+	/* 4. Conntrack lookup: sets NEW / ESTABLISHED / REPLY / RELATED. */
+	tnd_ct_lookup(&p);
+
+	/* 5. Policy of this direction (replies and related ICMP errors pass). */
+	reason = tnd_policy_check(skb, &p, h, settings.flags);
 	if (reason)
 		goto drop;
 
-	/* 5. Count, trace as the level says, forward. */
+	/* 6. An admitted new connection gets its conntrack entry. */
+	reason = tnd_ct_create(&p, h->ct_scope);
+	if (reason)
+		goto drop;
+
+	/* 7. Count, trace as the level says, forward. */
 	return tnd_forward(skb, &p, h, settings.trace_level);
 
 drop:	/* one exit for every drop: one inlined copy of the event code */

@@ -84,7 +84,8 @@ def _defines() -> dict[str, int]:
     text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
     out = {}
     for m in re.finditer(r"^#define\s+(TND_\w+)\s+(.+?)\s*$", text, flags=re.M):
-        out[m.group(1)] = int(eval(m.group(2), {}))  # header values are int literals / shifts
+        expr = re.sub(r"\b(0[xX][0-9a-fA-F]+|\d+)[uU]?[lL]*\b", r"\1", m.group(2))  # 1U, 0xFFU
+        out[m.group(1)] = int(eval(expr, {}))  # header values are int literals / shifts
     return out
 
 
@@ -98,7 +99,18 @@ _PREFIXES: list[tuple[str, object]] = [
     ("TND_METRIC_", abi.MetricDirection),
     ("TND_EVF_", abi.EventFlags),
     ("TND_TCP_", abi.TcpFlags),
+    ("TND_ID_", abi.Identity),
+    ("TND_MATCH_", abi.MatchType),
+    ("TND_SETTINGS_", abi.SettingsFlags),
 ]
+
+# #defines mirrored as module-level constants of tendril.bpf.abi (name without TND_).
+_MODULE_CONSTANTS = {
+    "TND_METRICS_ENTRIES",
+    "TND_POLICY_MAX_ENTRIES",
+    "TND_POLICY_ENDPOINTS",
+    "TND_IPCACHE_MAX_ENTRIES",
+}
 
 
 def _python_value(name: str) -> int:
@@ -108,8 +120,10 @@ def _python_value(name: str) -> int:
         return getattr(abi, name.removeprefix("TND_"))
     if name.startswith("TND_CT_"):
         return abi.CtState[name.removeprefix("TND_CT_")]
-    if name in ("TND_METRICS_ENTRIES", "TND_SETTINGS_SOURCE_IP_CHECK"):
+    if name in _MODULE_CONSTANTS:
         return getattr(abi, name.removeprefix("TND_"))
+    if name == "TND_POLICY_DENY":
+        return abi.PolicyFlags.DENY
     for prefix, enum in _PREFIXES:
         if name.startswith(prefix):
             return enum[name.removeprefix(prefix)]  # type: ignore[index]
@@ -127,9 +141,11 @@ def test_constants_match_header():
 
 def test_enums_have_no_extra_members():
     defs = _defines()
-    for prefix, enum in _PREFIXES:
+    for prefix, enum in [*_PREFIXES, ("TND_POLICY_", abi.PolicyFlags)]:
         for member in enum:  # type: ignore[attr-defined]
             assert f"{prefix}{member.name}" in defs, f"{enum.__name__}.{member.name} not in header"
+    assert defs["TND_SETTINGS_SOURCE_IP_CHECK"] == abi.SETTINGS_SOURCE_IP_CHECK
+    assert defs["TND_SETTINGS_POLICY_AUDIT"] == abi.SETTINGS_POLICY_AUDIT
 
 
 def test_names_and_dtypes():
@@ -140,8 +156,77 @@ def test_names_and_dtypes():
         "metrics": "tnd_metrics",
         "endpoints": "tnd_endpoints",
         "settings": "tnd_settings",
+        "ipcache": "tnd_ipcache",
+        "policy": "tnd_policy",
     }
+    assert abi.MAP_IPCACHE == "tnd_ipcache" and abi.MAP_POLICY == "tnd_policy"
     assert abi.PROGRAM_NAMES == ("tnd_from_container", "tnd_to_container")
     assert abi.metrics_index(abi.DropReason.POLICY_DENIED, abi.MetricDirection.EGRESS) == 133 * 4 + 2
     # ring buffer record for the event: 8-byte header + payload, already 8-aligned
     assert (abi.EVENT_DTYPE.itemsize + 8) % 8 == 0
+
+
+def test_new_struct_fields_and_byte_order():
+    # the fields the agent writes/reads by name
+    assert "remote_id" in abi.EVENT_DTYPE.names and "pad0" not in abi.EVENT_DTYPE.names
+    assert "identity" in abi.ENDPOINT_INFO_DTYPE.names
+    # policy ports are network order in the key (their prefix bits come first), so the LPM trie
+    # matches port ranges by their leading bits
+    k = abi.policy_key(300, True, 6, 0x1F90)
+    assert k.tobytes() == (64).to_bytes(4, "little") + (300).to_bytes(4, "little") + bytes([1, 6, 0x1F, 0x90])
+    assert abi.policy_value(abi.MatchType.L4_ONLY, proxy_port=0x1234).tobytes()[2:4] == b"\x12\x34"
+
+
+def test_ipcache_key_builder():
+    k = abi.ipcache_key("10.96.7.1/12")
+    assert k["prefixlen"] == 32 + 12 and k["family"] == 4
+    assert bytes(k["addr"]) == bytes([10, 96, 0, 0]) + bytes(12)  # host bits cleared
+    assert bytes(k["pad"]) == bytes(3)
+    k6 = abi.ipcache_key("fd00::1")
+    assert k6["prefixlen"] == 32 + 128 and k6["family"] == 6
+    assert bytes(k6["addr"]) == bytes.fromhex("fd00" + "00" * 13 + "01")
+    assert abi.ipcache_key("10.0.0.1")["prefixlen"] == 64
+
+
+def _covered(keys) -> set[int]:
+    ports: set[int] = set()
+    for k in keys:
+        bits = int(k["prefixlen"]) - abi.POLICY_PREFIX_PROTO
+        size = 1 << (16 - bits)
+        assert int(k["dport"]) % size == 0
+        ports.update(range(int(k["dport"]), int(k["dport"]) + size))
+    return ports
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "n"),
+    [(80, 0, 1), (80, 80, 1), (8080, 8083, 1), (1, 3, 2), (1024, 65535, 6), (1, 65535, 16), (65535, 0, 1)],
+)
+def test_port_range_prefixes(lo, hi, n):
+    keys = abi.policy_entries_for_port_range(400, False, 17, lo, hi)
+    assert len(keys) == n
+    assert _covered(keys) == set(range(lo, (hi or lo) + 1))
+    assert all(k["identity"] == 400 and k["egress"] == 0 and k["proto"] == 17 for k in keys)
+
+
+def test_port_range_random_exact_cover():
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        lo, hi = sorted(int(x) for x in rng.integers(1, 65536, 2))
+        keys = abi.policy_entries_for_port_range(1, True, 6, lo, hi)
+        assert _covered(keys) == set(range(lo, hi + 1))
+        assert len(keys) <= 30  # at most 2 * 15 blocks for a 16-bit range
+
+
+def test_policy_entries_any_protocol_and_any_port():
+    (k,) = abi.policy_entries_for_port_range(500, True, 0)
+    assert (k["prefixlen"], k["proto"], k["dport"]) == (40, 0, 0)
+    for hi in (0, 65535):
+        (k,) = abi.policy_entries_for_port_range(500, True, 6, 0, hi)
+        assert (k["prefixlen"], k["proto"], k["dport"]) == (48, 6, 0)
+    with pytest.raises(ValueError):
+        abi.policy_entries_for_port_range(500, True, 0, 80)
+    with pytest.raises(ValueError):
+        abi.policy_entries_for_port_range(500, True, 6, 90, 80)
+    m = abi.policy_enforced_key(False)
+    assert (m["identity"], m["egress"], m["prefixlen"]) == (0xFFFFFFFF, 0, 64)

@@ -269,6 +269,7 @@ def check_event(
     pkt=None,
     icmp_type=0,
     icmp_code=0,
+    remote_id=abi.Identity.WORLD,
 ):
     assert e["type"] == type_
     assert e["subtype"] == subtype
@@ -281,7 +282,7 @@ def check_event(
     assert e["ep_id"] == EP_ID
     assert e["flags"] == int(flags)
     assert e["ifindex"] == IFINDEX
-    assert e["pad0"] == 0
+    assert e["remote_id"] == remote_id  # the peer's identity: world when the ipcache has no entry
     assert bytes(e["saddr"]) == addr(src)
     assert bytes(e["daddr"]) == addr(dst)
     assert e["ts_ns"] > 0

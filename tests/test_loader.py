@@ -6,6 +6,8 @@ unique ``tndtest-<random>`` name (netns, veths, /sys/fs/bpf/tndtest-<random>/) a
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import secrets
 import shutil
@@ -23,6 +25,7 @@ import pytest
 
 from tendril.bpf import (
     AttachType,
+    BpfError,
     BpfObject,
     Link,
     LoadError,
@@ -32,6 +35,7 @@ from tendril.bpf import (
     TypedMap,
     attach_cgroup,
     attach_tc,
+    create_map,
     test_run,
 )
 from tendril.bpf import libbpf as lb
@@ -413,6 +417,77 @@ def test_pinned_maps_reused_across_loads(objs, pin_root):
         test_run(o2.program("count_pkts"), PKT, repeat=3)
         assert int(TypedMap(o2.map("persist"), U32, U64).lookup(0)) == 8
         assert o2.map("hashm").id != 0  # unpinned maps are fresh
+
+
+# ---- maps created from Python, map-in-map --------------------------------------------------------
+
+LPM_KEY = np.dtype({"names": ["prefixlen", "addr"], "formats": ["<u4", ("u1", 4)], "itemsize": 8})
+
+
+def _lpm_key(cidr: str) -> np.void:
+    net = ipaddress.ip_network(cidr)
+    k = np.zeros((), LPM_KEY)
+    k["prefixlen"] = net.prefixlen
+    k["addr"] = np.frombuffer(net.network_address.packed, np.uint8)
+    return k[()]
+
+
+def test_create_map_lpm_trie():
+    with create_map(lb.BPF_MAP_TYPE_LPM_TRIE, 8, 4, 64, flags=lb.BPF_F_NO_PREALLOC, name="tnd_t.lpm") as m:
+        assert (m.map_type, m.key_size, m.value_size, m.max_entries) == (lb.BPF_MAP_TYPE_LPM_TRIE, 8, 4, 64)
+        assert m.map_flags == lb.BPF_F_NO_PREALLOC and m.name == "tnd_t.lpm" and m.id > 0
+        t = TypedMap(m, LPM_KEY, U32)
+        t.update(_lpm_key("10.0.0.0/8"), np.uint32(1))
+        t.update(_lpm_key("10.96.0.0/12"), np.uint32(2))
+        # a lookup with a full-length key returns the longest matching prefix, as in BPF
+        assert int(t.lookup(_lpm_key("10.97.1.1/32"))) == 2
+        assert int(t.lookup(_lpm_key("10.1.1.1/32"))) == 1
+        assert t.lookup(_lpm_key("11.1.1.1/32")) is None
+        assert len(t) == 2
+    assert m.fd == -1
+
+
+def test_create_map_errors():
+    with pytest.raises(ValueError, match="at most 15"):
+        create_map(lb.BPF_MAP_TYPE_HASH, 4, 4, 8, name="much-too-long-name")
+    with pytest.raises(BpfError) as ei:  # LPM tries must not be preallocated
+        create_map(lb.BPF_MAP_TYPE_LPM_TRIE, 8, 4, 8)
+    assert ei.value.errno == errno.EINVAL and "bpf_map_create" in str(ei.value)
+    with create_map(lb.BPF_MAP_TYPE_HASH, 4, 4, 8) as plain, pytest.raises(TypeError):
+        plain.inner_map(0)
+
+
+def test_array_of_maps_swap_and_inner_map(pin_root):
+    shape = dict(map_type=lb.BPF_MAP_TYPE_LPM_TRIE, key_size=8, value_size=4, max_entries=16)
+    with (
+        create_map(**shape, flags=lb.BPF_F_NO_PREALLOC) as template,
+        create_map(lb.BPF_MAP_TYPE_ARRAY_OF_MAPS, 4, 4, 8, name="outer", inner_map_fd=template.fd) as outer,
+    ):
+        assert outer.inner_map(3) is None  # empty slot
+        a = create_map(**shape, flags=lb.BPF_F_NO_PREALLOC)
+        b = create_map(**shape, flags=lb.BPF_F_NO_PREALLOC)
+        TypedMap(a, LPM_KEY, U32).update(_lpm_key("10.0.0.0/8"), np.uint32(7))
+        outer.set_inner(3, a)
+        a_id = a.id
+        a.close()  # the outer map keeps it alive
+        with outer.inner_map(3) as got:
+            assert got.id == a_id and int(TypedMap(got, LPM_KEY, U32).lookup(_lpm_key("10.1.2.3/32"))) == 7
+        outer.set_inner(3, b.fd)  # an fd works too; the swap is one update
+        with outer.inner_map(3) as got:
+            assert got.id == b.id
+        with Map.open_by_id(b.id) as by_id:
+            assert by_id.map_type == lb.BPF_MAP_TYPE_LPM_TRIE and by_id.fd != b.fd
+        assert Map.open_by_id(0x7FFFFFF0) is None
+        # a map of another shape is refused by the kernel
+        with create_map(lb.BPF_MAP_TYPE_HASH, 8, 4, 16) as wrong, pytest.raises(BpfError):
+            outer.set_inner(4, wrong)
+        # pinned outer maps reopen with their inner maps
+        outer.pin(pin_root / "outer")
+        with Map.open_pinned(pin_root / "outer") as again, again.inner_map(3) as got:
+            assert got.id == b.id
+        assert outer.delete((3).to_bytes(4, "little"))
+        assert outer.inner_map(3) is None
+        b.close()
 
 
 # ---- ring buffer --------------------------------------------------------------------------------

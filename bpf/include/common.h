@@ -56,6 +56,13 @@
 #define TND_ICMPV6_ERROR_MAX    4   /* ICMPv6 types 1..4 are errors (RFC 4443) */
 #define TND_ICMPV6_ECHO_REQUEST 128
 #define TND_ICMPV6_ECHO_REPLY   129
+/* ICMPv6 that policy never blocks (as in Cilium): MLD query/report/done (130-132), router
+ * solicitation/advertisement, neighbour solicitation/advertisement, redirect (133-137), MLDv2 report (143) */
+#define TND_ICMPV6_MLD_QUERY    130
+#define TND_ICMPV6_MLD_DONE     132
+#define TND_ICMPV6_ND_FIRST     133
+#define TND_ICMPV6_ND_LAST      137
+#define TND_ICMPV6_MLD2_REPORT  143
 
 #define TND_NSEC_PER_SEC 1000000000ULL
 
@@ -98,6 +105,9 @@ struct tnd_pkt {
 	__u8  ct_state;     /* TND_CT_*                          */
 	__u8  no_l4;        /* non-first fragment: no L4 header  */
 	__u8  first_reply;  /* this packet set CT SEEN_REPLY      */
+	__u8  ct_reopen;    /* NEW: a SYN reopening a closing entry */
+	__u8  pad[3];
+	__u32 remote_id;    /* peer identity; 0 = not looked up yet */
 };
 
 /*

@@ -6,7 +6,8 @@
  *
  *   forward tuple found   -> ESTABLISHED, counted tx
  *   reversed tuple found  -> REPLY (TND_EVF_IS_REPLY), counted rx
- *   neither               -> NEW: entry created with the program's scope
+ *   neither               -> NEW: entry created with the program's scope,
+ *                            once policy has admitted the packet (tnd_ct_create)
  *   ICMP error            -> the embedded packet's tuple, then its reverse
  *                            -> RELATED (never creates an entry; NEW if none).
  *                            Counted in the direction it travels (the
@@ -188,35 +189,40 @@ static __always_inline void tnd_ct_related(struct tnd_pkt *p, __u64 now)
 }
 
 /*
- * Looks p up (creating an entry when new) and sets p->ct_state,
- * TND_EVF_IS_REPLY and p->first_reply. Returns 0 or a drop reason.
+ * Conntrack in two steps around the policy check, so that a connection policy denies leaves no
+ * entry behind:
+ *   tnd_ct_lookup(): sets p->ct_state, TND_EVF_IS_REPLY and p->first_reply, and counts the packet
+ *                    on an existing entry (ESTABLISHED, REPLY, RELATED). NEW (no entry, or a SYN
+ *                    reopening a closing entry: p->ct_reopen) changes nothing yet.
+ *   tnd_ct_create(): for a NEW packet that is allowed, creates (or resets) its entry.
+ * An ESTABLISHED packet that policy then drops has already been counted on its entry, as in Cilium,
+ * whose CT lookup also runs before the policy check.
  */
-static __always_inline int tnd_ct_process(struct tnd_pkt *p, __u8 scope)
+static __always_inline void tnd_ct_lookup(struct tnd_pkt *p)
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct tnd_ct_value *v, nv;
+	struct tnd_ct_value *v;
 	struct tnd_ct_key rkey;
-	int err;
 
 	if (p->no_l4) {
 		p->ct_state = TND_CT_ESTABLISHED;
-		return 0;
+		return;
 	}
 	if (p->ev_flags & TND_EVF_ICMP_ERROR) {
 		tnd_ct_related(p, now);
-		return 0;
+		return;
 	}
 
 	v = bpf_map_lookup_elem(&tnd_ct, &p->tuple);
 	if (v) {
 		if (unlikely(tnd_ct_reopens(v, p))) {
-			tnd_ct_fill_new(v, p, scope, now);
+			p->ct_reopen = 1;
 			p->ct_state = TND_CT_NEW;
-			return 0;
+			return;
 		}
 		tnd_ct_update(v, p, 0, now);
 		p->ct_state = TND_CT_ESTABLISHED;
-		return 0;
+		return;
 	}
 
 	tnd_ct_reverse(&rkey, &p->tuple);
@@ -225,11 +231,24 @@ static __always_inline int tnd_ct_process(struct tnd_pkt *p, __u8 scope)
 		p->first_reply = !!(tnd_ct_update(v, p, 1, now) & TND_CTF_SEEN_REPLY);
 		p->ct_state = TND_CT_REPLY;
 		p->ev_flags |= TND_EVF_IS_REPLY;
-		return 0;
+		return;
 	}
+	p->ct_state = TND_CT_NEW;
+}
 
+/* Creates the entry of a NEW packet (not ICMP errors: they never create one). Returns 0 or a drop reason. */
+static __always_inline int tnd_ct_create(struct tnd_pkt *p, __u8 scope)
+{
+	struct tnd_ct_value *v, nv;
+	__u64 now;
+	int err;
+
+	if (p->ct_state != TND_CT_NEW || (p->ev_flags & TND_EVF_ICMP_ERROR))
+		return 0;
+	now = bpf_ktime_get_coarse_ns();
 	tnd_ct_fill_new(&nv, p, scope, now);
-	err = bpf_map_update_elem(&tnd_ct, &p->tuple, &nv, BPF_NOEXIST);
+	/* A reopening SYN replaces the closing entry; otherwise only a missing entry is created. */
+	err = bpf_map_update_elem(&tnd_ct, &p->tuple, &nv, p->ct_reopen ? BPF_ANY : BPF_NOEXIST);
 	if (err == -TND_EEXIST) {
 		/* Another CPU created it between our lookup and insert. */
 		v = bpf_map_lookup_elem(&tnd_ct, &p->tuple);
@@ -241,7 +260,6 @@ static __always_inline int tnd_ct_process(struct tnd_pkt *p, __u8 scope)
 	}
 	if (err)
 		return TND_DROP_CT_MAP_INSERTION_FAILED;
-	p->ct_state = TND_CT_NEW;
 	return 0;
 }
 

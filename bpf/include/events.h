@@ -23,13 +23,17 @@
  *           - is an ICMP/ICMPv6 error;
  *           so an established flow costs nothing until it closes;
  *   NONE    no traces.
- * Drops always produce an event, whatever the level.
+ * Drops always produce an event, whatever the level, and so do policy verdicts (policy.h).
+ *
+ * Every event of an IP packet carries the peer's identity (remote_id): the one the policy step
+ * looked up, else an ipcache lookup made here, only for packets that emit an event.
  */
 #ifndef TND_EVENTS_H
 #define TND_EVENTS_H
 
 #include "common.h"
 #include "maps.h"
+#include "ipcache.h"
 
 static __always_inline void tnd_count_lost(void)
 {
@@ -40,11 +44,22 @@ static __always_inline void tnd_count_lost(void)
 		*lost += 1;
 }
 
+/* Event flags that depend only on the attach point: which way the packet crosses the endpoint. */
+static __always_inline __u16 tnd_hook_flags(const struct tnd_hook *h)
+{
+	return h->metric_dir == TND_METRIC_INGRESS ? TND_EVF_INGRESS : 0;
+}
+
+/* hook_flags: tnd_hook_flags() plus any event-specific flags (policy verdicts). */
 static __always_inline void tnd_emit(struct __sk_buff *skb, const struct tnd_pkt *p, __u8 type, __u8 subtype,
 				     __u16 hook_flags)
 {
-	struct tnd_event *e = bpf_ringbuf_reserve(&tnd_events, sizeof(*e), 0);
+	__u32 remote_id = p->remote_id;
+	struct tnd_event *e;
 
+	if (!remote_id && p->tuple.ip_version)
+		remote_id = tnd_peer_identity(p, hook_flags & TND_EVF_INGRESS);
+	e = bpf_ringbuf_reserve(&tnd_events, sizeof(*e), 0);
 	if (!e) {
 		tnd_count_lost();
 		return;
@@ -65,7 +80,7 @@ static __always_inline void tnd_emit(struct __sk_buff *skb, const struct tnd_pkt
 	e->ifindex = p->tuple.ifindex;
 	e->hash = bpf_get_hash_recalc(skb);
 	e->pkt_len = p->len;
-	e->pad0 = 0;
+	e->remote_id = remote_id;
 	tnd_copy_addr16(e->saddr, p->tuple.saddr);
 	tnd_copy_addr16(e->daddr, p->tuple.daddr);
 	bpf_ringbuf_submit(e, 0);

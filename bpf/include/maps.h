@@ -70,4 +70,43 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tnd_settings SEC(".maps");
 
+/* ipcache: peer address/prefix -> security identity (longest prefix wins; no entry = world).
+ * Written by the agent; read for policy and for every event's remote_id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TND_IPCACHE_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);   /* required for LPM tries */
+	__type(key, struct tnd_ipcache_key);
+	__type(value, struct tnd_ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_ipcache SEC(".maps");
+
+/*
+ * Policy: endpoint ID -> that endpoint's policy (an LPM trie of tnd_policy_key -> tnd_policy_value).
+ * The agent creates each inner map itself (same type, key/value size and flags as this template;
+ * the kernel does not compare max_entries for LPM inner maps) and swaps it in with one update of the
+ * outer array, so a packet sees either the whole old or the whole new policy. No inner map = the
+ * endpoint is not policed in either direction.
+ *
+ * The template gives sizes, not __type(): clang emits the key/value structs of a map nested in
+ * another as BTF forward declarations, on which libbpf 1.1 fails ("can't determine key size").
+ * The outer map pins by name and is reused like the others (libbpf compares type, key/value size,
+ * max_entries and flags of the outer map), so policies survive agent restarts and upgrades.
+ */
+struct tnd_policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, TND_POLICY_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(struct tnd_policy_key));
+	__uint(value_size, sizeof(struct tnd_policy_value));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TND_POLICY_ENDPOINTS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct tnd_policy_inner);
+} tnd_policy SEC(".maps");
+
 #endif /* TND_MAPS_H */

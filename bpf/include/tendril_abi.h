@@ -41,6 +41,22 @@
 #define TND_DROP_UNKNOWN_L4              142
 #define TND_DROP_CT_MAP_INSERTION_FAILED 155
 #define TND_DROP_INVALID_IPV6_EXTHDR     156
+#define TND_DROP_POLICY_DENY             181  /* "Policy denied by denylist": a deny rule matched */
+
+/* ---- security identities (Cilium numbering) ---- */
+#define TND_ID_UNKNOWN         0
+#define TND_ID_HOST            1
+#define TND_ID_WORLD           2
+#define TND_ID_UNMANAGED       3
+#define TND_ID_HEALTH          4
+#define TND_ID_INIT            5
+#define TND_ID_REMOTE_NODE     6
+#define TND_ID_KUBE_APISERVER  7
+#define TND_ID_INGRESS         8
+#define TND_ID_CLUSTER_MIN     256        /* label-based identities: 256..65535 */
+#define TND_ID_LOCAL_MIN       (1U << 24) /* node-local CIDR identities         */
+/* Policy-map key identity that marks "this direction is enforced" (never a real identity). */
+#define TND_ID_ENFORCED_MARKER 0xFFFFFFFFU
 
 /* ---- conntrack result / state carried in events and CT entries ---- */
 #define TND_CT_NEW          0
@@ -82,6 +98,17 @@
 #define TND_EVF_FRAGMENT     (1 << 2)
 #define TND_EVF_ICMP_ERROR   (1 << 3)  /* ICMP error: ports/addrs are from the outer header */
 #define TND_EVF_INGRESS      (1 << 4)  /* emitted by tnd_to_container (traffic entering the pod) */
+#define TND_EVF_POLICY_DENY  (1 << 5)  /* policy verdict: denied (drop follows unless audit)      */
+#define TND_EVF_POLICY_AUDIT (1 << 6)  /* policy verdict in audit mode: would deny, let through   */
+
+/* policy verdict events (type TND_EVENT_POLICY_VERDICT): subtype = match type (Hubble's numbering) */
+#define TND_MATCH_NONE       0
+#define TND_MATCH_L3_ONLY    1  /* peer identity, any port/protocol */
+#define TND_MATCH_L3_L4      2  /* peer identity and port           */
+#define TND_MATCH_L4_ONLY    3  /* any peer, port                    */
+#define TND_MATCH_ALL        4  /* any peer, any port                */
+#define TND_MATCH_L3_PROTO   5  /* peer identity and protocol        */
+#define TND_MATCH_PROTO_ONLY 6  /* any peer, protocol                */
 
 /* TCP flag bits as on the wire (byte 13 of the TCP header) */
 #define TND_TCP_FIN 0x01
@@ -116,7 +143,7 @@ struct tnd_event {
 	__u32 ifindex;      /* host-side veth ifindex                    */
 	__u32 hash;         /* skb hash, printed as "flow 0x..."         */
 	__u32 pkt_len;      /* skb->len                                  */
-	__u32 pad0;
+	__u32 remote_id;    /* peer identity from ipcache (world if none); 0: not IP */
 	__u8  saddr[16];
 	__u8  daddr[16];
 };
@@ -125,7 +152,7 @@ struct tnd_event {
 struct tnd_endpoint_info {
 	__u16 ep_id;
 	__u16 flags;        /* reserved */
-	__u32 pad0;
+	__u32 identity;     /* the endpoint's own security identity */
 	__u8  ipv4[4];      /* the pod's IPv4 (network order), 0 if none */
 	__u8  pad1[4];
 	__u8  ipv6[16];     /* the pod's IPv6, zero if none              */
@@ -170,5 +197,58 @@ struct tnd_settings {
 	__u32 flags;        /* bit 0: source IP verification enabled (default on) */
 };
 #define TND_SETTINGS_SOURCE_IP_CHECK (1 << 0)
+#define TND_SETTINGS_POLICY_AUDIT    (1 << 1)  /* PolicyAuditMode: report would-be policy drops, pass them */
+
+/*
+ * ipcache: BPF_MAP_TYPE_LPM_TRIE, IP/prefix -> identity of the peer, like Cilium's. prefixlen counts
+ * the 32 bits of pad+family plus the address prefix (32 + 0..32 for IPv4, 32 + 0..128 for IPv6).
+ * No entry means world (TND_ID_WORLD).
+ */
+struct tnd_ipcache_key {
+	__u32 prefixlen;
+	__u8  pad[3];
+	__u8  family;       /* 4 or 6 */
+	__u8  addr[16];     /* IPv4 in the first 4 bytes */
+};
+
+struct tnd_ipcache_value {
+	__u32 identity;
+	__u32 flags;        /* reserved */
+};
+
+/*
+ * Policy: tnd_policy is an ARRAY_OF_MAPS indexed by endpoint ID; each inner map is an LPM trie of
+ * tnd_policy_key -> tnd_policy_value for that endpoint. The agent builds a complete new inner map
+ * and swaps it in with one update, so no packet ever sees half a policy. Lookups happen twice per
+ * packet: with the peer's identity and with identity 0 (any peer); a DENY from either wins, else an
+ * ALLOW from either, else the direction's default (deny when enforced). prefixlen covers identity
+ * (32) + egress (8), then optionally protocol (8) and the leading bits of the port (0..16), so a
+ * port range is a handful of prefixes and the longest (most specific) match wins within a lookup;
+ * the agent resolves deny-over-allow across specificities before writing. The entry
+ * {identity TND_ID_ENFORCED_MARKER, egress, proto 0, port 0, prefixlen 64} present = that direction
+ * is enforced (default deny). An entry without TND_POLICY_DENY allows. ICMP/ICMPv6 packets are
+ * looked up with their ICMP type as dport (Cilium's ICMP rules), other port-less protocols with
+ * port 0. Inner maps must be LPM tries with BPF_F_NO_PREALLOC, key 12 and value 8 bytes
+ * (tendril.bpf.create_policy_map).
+ * Datapath rules (exemptions, verdict events, audit): bpf/include/policy.h.
+ */
+struct tnd_policy_key {
+	__u32 prefixlen;
+	__u32 identity;     /* 0 = any peer */
+	__u8  egress;       /* 1 egress (pod -> peer), 0 ingress */
+	__u8  proto;        /* 0 = any protocol */
+	__be16 dport;       /* network order, so its prefix bits come first */
+};
+
+struct tnd_policy_value {
+	__u8  flags;        /* TND_POLICY_* */
+	__u8  match_type;   /* TND_MATCH_* reported in policy verdict events */
+	__be16 proxy_port;  /* L7 redirect (later); 0 = none */
+	__u32 rule_ref;     /* agent's id of the rule that produced it (for `bpf policy get`) */
+};
+#define TND_POLICY_DENY  (1 << 0)
+#define TND_POLICY_MAX_ENTRIES 16384  /* per endpoint, like Cilium's bpf-policy-map-max */
+#define TND_POLICY_ENDPOINTS   4096   /* outer array size: endpoint IDs 0..4095 */
+#define TND_IPCACHE_MAX_ENTRIES 512000
 
 #endif /* TENDRIL_ABI_H */

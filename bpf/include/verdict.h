@@ -14,12 +14,6 @@
 #include "events.h"
 #include "metrics.h"
 
-/* Event flags that depend only on the attach point: which way the packet crosses the endpoint. */
-static __always_inline __u16 tnd_hook_flags(const struct tnd_hook *h)
-{
-	return h->metric_dir == TND_METRIC_INGRESS ? TND_EVF_INGRESS : 0;
-}
-
 static __always_inline int tnd_drop(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h, __u8 reason)
 {
 	tnd_metrics_count(reason, h->metric_dir, p->len);

@@ -7,7 +7,7 @@ buffer fast. See the module docstrings for the details of each part.
 
 from tendril.bpf import errors
 from tendril.bpf.errors import BpfError, LoadError, MissingFeatureError, MissingPrivilegeError
-from tendril.bpf.maps import Map, TypedMap
+from tendril.bpf.maps import Map, TypedMap, create_map, create_policy_map
 from tendril.bpf.object import BpfObject, Program
 from tendril.bpf.testrun import TestRunResult, test_run
 
@@ -26,6 +26,8 @@ __all__ = [
     "TypedMap",
     "attach_cgroup",
     "attach_tc",
+    "create_map",
+    "create_policy_map",
     "errors",
     "test_run",
 ]

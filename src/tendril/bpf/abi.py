@@ -7,6 +7,7 @@ BTF, so change both files together.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import IntEnum, IntFlag
 
 import numpy as np
@@ -68,6 +69,24 @@ class DropReason(IntEnum):
     UNKNOWN_L4 = 142
     CT_MAP_INSERTION_FAILED = 155
     INVALID_IPV6_EXTHDR = 156
+    POLICY_DENY = 181  # "Policy denied by denylist": a deny rule matched
+
+
+class Identity(IntEnum):
+    """Security identities (Cilium numbering) and the ranges/markers of the header's TND_ID_*."""
+
+    UNKNOWN = 0
+    HOST = 1
+    WORLD = 2
+    UNMANAGED = 3
+    HEALTH = 4
+    INIT = 5
+    REMOTE_NODE = 6
+    KUBE_APISERVER = 7
+    INGRESS = 8
+    CLUSTER_MIN = 256  # label-based identities: 256..65535
+    LOCAL_MIN = 1 << 24  # node-local CIDR identities
+    ENFORCED_MARKER = 0xFFFFFFFF  # policy-map key identity meaning "this direction is enforced"
 
 
 class CtState(IntEnum):
@@ -121,6 +140,32 @@ class EventFlags(IntFlag):
     FRAGMENT = 1 << 2
     ICMP_ERROR = 1 << 3  # ICMP error: ports/addrs are from the outer header
     INGRESS = 1 << 4  # emitted by tnd_to_container (traffic entering the pod)
+    POLICY_DENY = 1 << 5  # policy verdict: denied (a drop follows unless audit)
+    POLICY_AUDIT = 1 << 6  # policy verdict in audit mode: would deny, let through
+
+
+class MatchType(IntEnum):
+    """Policy verdict event subtype: what kind of entry decided (Hubble's numbering)."""
+
+    NONE = 0
+    L3_ONLY = 1  # peer identity, any port/protocol
+    L3_L4 = 2  # peer identity and port
+    L4_ONLY = 3  # any peer, port
+    ALL = 4  # any peer, any port
+    L3_PROTO = 5  # peer identity and protocol
+    PROTO_ONLY = 6  # any peer, protocol
+
+
+class PolicyFlags(IntFlag):
+    """tnd_policy_value.flags (TND_POLICY_*); an entry without DENY allows."""
+
+    DENY = 1 << 0
+
+
+POLICY_MAX_ENTRIES = 16384  # per endpoint inner map
+POLICY_ENDPOINTS = 4096  # outer array: endpoint IDs 0..4095
+IPCACHE_MAX_ENTRIES = 512000
+MAP_F_NO_PREALLOC = 1  # BPF_F_NO_PREALLOC: required for LPM tries (ipcache and policy inner maps)
 
 
 class TcpFlags(IntFlag):
@@ -136,9 +181,11 @@ class TcpFlags(IntFlag):
 
 class SettingsFlags(IntFlag):
     SOURCE_IP_CHECK = 1 << 0
+    POLICY_AUDIT = 1 << 1  # PolicyAuditMode: report would-be policy drops, forward them
 
 
 SETTINGS_SOURCE_IP_CHECK = int(SettingsFlags.SOURCE_IP_CHECK)
+SETTINGS_POLICY_AUDIT = int(SettingsFlags.POLICY_AUDIT)
 
 # ---- structs ------------------------------------------------------------------------------------
 
@@ -160,7 +207,7 @@ EVENT_DTYPE = _struct(
         ("ifindex", "u4"),
         ("hash", "u4"),
         ("pkt_len", "u4"),
-        ("pad0", "u4"),
+        ("remote_id", "u4"),  # peer identity from ipcache (0 = not IP)
         ("saddr", ("u1", 16)),
         ("daddr", ("u1", 16)),
     ],
@@ -173,7 +220,7 @@ ENDPOINT_INFO_DTYPE = _struct(
     [
         ("ep_id", "u2"),
         ("flags", "u2"),
-        ("pad0", "u4"),
+        ("identity", "u4"),  # the endpoint's own security identity
         ("ipv4", ("u1", 4)),
         ("pad1", ("u1", 4)),
         ("ipv6", ("u1", 16)),
@@ -223,6 +270,29 @@ SETTINGS_DTYPE = _struct([("trace_level", "u4"), ("flags", "u4")], 8)
 LOST_KEY_DTYPE = np.dtype("u4")
 LOST_VALUE_DTYPE = np.dtype("u8")  # events the datapath could not reserve in tnd_events
 
+# LPM trie keys: prefixlen counts the bits after itself that must match.
+IPCACHE_KEY_DTYPE = _struct(
+    [("prefixlen", "u4"), ("pad", ("u1", 3)), ("family", "u1"), ("addr", ("u1", 16))],
+    24,
+)
+IPCACHE_VALUE_DTYPE = _struct([("identity", "u4"), ("flags", "u4")], 8)
+
+POLICY_KEY_DTYPE = _struct(
+    [
+        ("prefixlen", "u4"),
+        ("identity", "u4"),  # 0 = any peer
+        ("egress", "u1"),  # 1 egress (pod -> peer), 0 ingress
+        ("proto", "u1"),  # 0 = any protocol
+        ("dport", ">u2"),  # network order: assign plain port numbers
+    ],
+    12,
+)
+POLICY_VALUE_DTYPE = _struct(
+    [("flags", "u1"), ("match_type", "u1"), ("proxy_port", ">u2"), ("rule_ref", "u4")],
+    8,
+)
+POLICY_OUTER_KEY_DTYPE = np.dtype("u4")  # endpoint ID
+
 # C struct name -> dtype, used by tests/test_abi.py to compare with BTF.
 C_STRUCTS: dict[str, np.dtype] = {
     "tnd_event": EVENT_DTYPE,
@@ -231,6 +301,10 @@ C_STRUCTS: dict[str, np.dtype] = {
     "tnd_ct_value": CT_VALUE_DTYPE,
     "tnd_metrics_value": METRICS_VALUE_DTYPE,
     "tnd_settings": SETTINGS_DTYPE,
+    "tnd_ipcache_key": IPCACHE_KEY_DTYPE,
+    "tnd_ipcache_value": IPCACHE_VALUE_DTYPE,
+    "tnd_policy_key": POLICY_KEY_DTYPE,
+    "tnd_policy_value": POLICY_VALUE_DTYPE,
 }
 
 # ---- map and program names ----------------------------------------------------------------------
@@ -241,6 +315,8 @@ MAP_CT = "tnd_ct"  # LRU hash tnd_ct_key -> tnd_ct_value
 MAP_METRICS = "tnd_metrics"  # per-CPU array[METRICS_ENTRIES] of tnd_metrics_value
 MAP_ENDPOINTS = "tnd_endpoints"  # hash u32 ifindex -> tnd_endpoint_info
 MAP_SETTINGS = "tnd_settings"  # array, 1 entry of tnd_settings
+MAP_IPCACHE = "tnd_ipcache"  # LPM trie tnd_ipcache_key -> tnd_ipcache_value
+MAP_POLICY = "tnd_policy"  # array of maps[POLICY_ENDPOINTS]: ep_id -> LPM trie tnd_policy_key -> value
 
 MAP_NAMES: dict[str, str] = {
     "events": MAP_EVENTS,
@@ -249,6 +325,8 @@ MAP_NAMES: dict[str, str] = {
     "metrics": MAP_METRICS,
     "endpoints": MAP_ENDPOINTS,
     "settings": MAP_SETTINGS,
+    "ipcache": MAP_IPCACHE,
+    "policy": MAP_POLICY,
 }
 
 # map name -> (key dtype, value dtype); the ring buffer has no key/value (records are EVENT_DTYPE).
@@ -258,8 +336,113 @@ MAP_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     MAP_METRICS: (METRICS_KEY_DTYPE, METRICS_VALUE_DTYPE),
     MAP_ENDPOINTS: (ENDPOINT_KEY_DTYPE, ENDPOINT_INFO_DTYPE),
     MAP_SETTINGS: (SETTINGS_KEY_DTYPE, SETTINGS_DTYPE),
+    MAP_IPCACHE: (IPCACHE_KEY_DTYPE, IPCACHE_VALUE_DTYPE),
 }
+# tnd_policy's values are inner maps (an fd to update, an ID on lookup), each inner map
+# (POLICY_KEY_DTYPE -> POLICY_VALUE_DTYPE) created by the agent: see tendril.bpf.maps.create_policy_map.
+
 
 PROG_FROM_CONTAINER = "tnd_from_container"  # tc ingress on the host-side veth (pod egress)
 PROG_TO_CONTAINER = "tnd_to_container"  # tc egress on the host-side veth (pod ingress)
 PROGRAM_NAMES: tuple[str, str] = (PROG_FROM_CONTAINER, PROG_TO_CONTAINER)
+
+# ---- key/value builders for the LPM maps ----------------------------------------------------------
+
+POLICY_PREFIX_ANY_PROTO = 40  # identity + direction: any protocol, any port
+POLICY_PREFIX_PROTO = 48  # ... + protocol: any port of it
+POLICY_PREFIX_FULL = 64  # ... + all 16 bits of the port
+
+
+def ipcache_key(ip_or_cidr: str) -> np.void:
+    """The tnd_ipcache key of an address (a /32 or /128) or a CIDR; host bits are cleared."""
+    net = ipaddress.ip_network(ip_or_cidr, strict=False)
+    k = np.zeros((), IPCACHE_KEY_DTYPE)
+    k["prefixlen"] = 32 + net.prefixlen
+    k["family"] = net.version
+    packed = net.network_address.packed
+    k["addr"][: len(packed)] = np.frombuffer(packed, np.uint8)
+    return k[()]
+
+
+def ipcache_value(identity: int, flags: int = 0) -> np.void:
+    v = np.zeros((), IPCACHE_VALUE_DTYPE)
+    v["identity"], v["flags"] = identity, flags
+    return v[()]
+
+
+def policy_key(
+    identity: int, egress: bool, proto: int = 0, port: int = 0, prefixlen: int | None = None
+) -> np.void:
+    """One tnd_policy_key. Default prefixlen: 40 when proto is 0, 48 when port is 0, else 64."""
+    if prefixlen is None:
+        prefixlen = POLICY_PREFIX_FULL if port else POLICY_PREFIX_PROTO if proto else POLICY_PREFIX_ANY_PROTO
+    if not POLICY_PREFIX_ANY_PROTO <= prefixlen <= POLICY_PREFIX_FULL:
+        raise ValueError(
+            f"policy key prefixlen {prefixlen}: must be 40..64 (identity and direction always match)"
+        )
+    k = np.zeros((), POLICY_KEY_DTYPE)
+    k["prefixlen"] = prefixlen
+    k["identity"] = identity
+    k["egress"] = int(bool(egress))
+    k["proto"] = proto
+    k["dport"] = port
+    return k[()]
+
+
+def policy_enforced_key(egress: bool) -> np.void:
+    """The marker entry whose presence makes a direction enforced (default deny)."""
+    return policy_key(int(Identity.ENFORCED_MARKER), egress, prefixlen=POLICY_PREFIX_FULL)
+
+
+def policy_value(match_type: int, deny: bool = False, proxy_port: int = 0, rule_ref: int = 0) -> np.void:
+    v = np.zeros((), POLICY_VALUE_DTYPE)
+    v["flags"] = int(PolicyFlags.DENY) if deny else 0
+    v["match_type"] = match_type
+    v["proxy_port"] = proxy_port
+    v["rule_ref"] = rule_ref
+    return v[()]
+
+
+def port_range_prefixes(port_lo: int, port_hi: int) -> list[tuple[int, int]]:
+    """The fewest (port, prefix bits 0..16) blocks that cover port_lo..port_hi exactly."""
+    if not 0 <= port_lo <= port_hi <= 0xFFFF:
+        raise ValueError(f"bad port range {port_lo}-{port_hi}: need 0 <= lo <= hi <= 65535")
+    out = []
+    lo = port_lo
+    while lo <= port_hi:
+        size = lo & -lo if lo else 1 << 16  # largest aligned block starting at lo ...
+        while lo + size - 1 > port_hi:  # ... that stays inside the range
+            size >>= 1
+        out.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+def policy_entries_for_port_range(
+    identity: int, egress: bool, proto: int, port_lo: int = 0, port_hi: int = 0
+) -> list[np.void]:
+    """Policy keys for identity/direction/protocol and a destination port range.
+
+    proto 0 = any protocol (then no port may be given); port_lo 0 (with port_hi 0 or 65535) = any
+    port of proto; port_hi 0 = the single port port_lo (like an unset endPort). A range becomes its
+    minimal set of LPM prefixes, e.g. 8080-8083 -> one /14 key, 1-3 -> /16 + /15.
+    """
+    if not proto:
+        if port_lo or port_hi:
+            raise ValueError("a port needs a protocol (proto 0 means any protocol, any port)")
+        return [policy_key(identity, egress)]
+    if port_hi == 0:
+        port_hi = port_lo
+    if port_lo == 0 and port_hi in (0, 0xFFFF):
+        return [policy_key(identity, egress, proto)]
+    return [
+        policy_key(identity, egress, proto, port, POLICY_PREFIX_PROTO + bits)
+        for port, bits in port_range_prefixes(port_lo, port_hi)
+    ]
+
+
+def policy_match_type(identity: int, proto: int = 0, port: int = 0) -> MatchType:
+    """The match type a policy entry reports, from what it constrains (identity 0 = any peer)."""
+    if identity:
+        return MatchType.L3_L4 if port else MatchType.L3_PROTO if proto else MatchType.L3_ONLY
+    return MatchType.L4_ONLY if port else MatchType.PROTO_ONLY if proto else MatchType.ALL

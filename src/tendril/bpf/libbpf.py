@@ -58,8 +58,15 @@ BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_ARRAY_OF_MAPS = 12
+BPF_MAP_TYPE_HASH_OF_MAPS = 13
 BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE = 21
 BPF_MAP_TYPE_RINGBUF = 27
+
+MAP_IN_MAP_TYPES = frozenset({BPF_MAP_TYPE_ARRAY_OF_MAPS, BPF_MAP_TYPE_HASH_OF_MAPS})
+
+BPF_F_NO_PREALLOC = 1 << 0  # map_flags: required for LPM tries
+BPF_F_RDONLY_PROG = 1 << 8  # programs may only read the map
 
 PERCPU_MAP_TYPES = frozenset(
     {
@@ -87,6 +94,23 @@ class bpf_object_open_opts(ctypes.Structure):  # noqa: N801 - C name
         ("kernel_log_buf", c_void_p),
         ("kernel_log_size", c_size_t),
         ("kernel_log_level", c_u32),
+    ]
+
+
+class bpf_map_create_opts(ctypes.Structure):  # noqa: N801
+    """bpf.h: size 48."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("btf_fd", c_u32),
+        ("btf_key_type_id", c_u32),
+        ("btf_value_type_id", c_u32),
+        ("btf_vmlinux_value_type_id", c_u32),
+        ("inner_map_fd", c_u32),
+        ("map_flags", c_u32),
+        ("map_extra", c_u64),
+        ("numa_node", c_u32),
+        ("map_ifindex", c_u32),
     ]
 
 
@@ -224,6 +248,8 @@ bpf_map__is_pinned = _fn("bpf_map__is_pinned", ctypes.c_bool, c_void_p)
 
 bpf_obj_pin = _fn("bpf_obj_pin", c_int, c_int, c_char_p)
 bpf_obj_get = _fn("bpf_obj_get", c_int, c_char_p)
+bpf_map_create = _fn("bpf_map_create", c_int, c_int, c_char_p, c_u32, c_u32, c_u32, P(bpf_map_create_opts))
+bpf_map_get_fd_by_id = _fn("bpf_map_get_fd_by_id", c_int, c_u32)
 bpf_obj_get_info_by_fd = _fn("bpf_obj_get_info_by_fd", c_int, c_int, c_void_p, P(c_u32))
 
 bpf_map_update_elem = _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_u64)

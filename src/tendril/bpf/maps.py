@@ -1,8 +1,14 @@
-"""BPF maps: raw bytes access (:class:`Map`) and numpy-typed access (:class:`TypedMap`).
+"""BPF maps: raw bytes access (:class:`Map`), numpy-typed access (:class:`TypedMap`), and maps
+created from Python (:func:`create_map`), e.g. the per-endpoint policy maps put into ``tnd_policy``.
 
 Why numpy structured dtypes: the agent reads whole maps (conntrack GC, metrics) and decodes ring
 buffer batches; a structured array decodes thousands of entries with one view instead of one
 ``struct.unpack`` per entry, and the dtypes in :mod:`tendril.bpf.abi` double as the ABI spec.
+
+Map-in-map (ARRAY_OF_MAPS / HASH_OF_MAPS): an update takes the inner map's fd as the 4-byte value
+(:meth:`Map.set_inner`), a lookup returns the inner map's ID (:meth:`Map.inner_map` opens it). The
+update is one atomic pointer swap: a program sees the old inner map or the new one, never a mix,
+which is how a whole new policy replaces the old one.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +64,18 @@ class Map:
         self._batch_ok: bool | None = None
 
     # ---- lifecycle ----
+
+    @classmethod
+    def open_by_id(cls, map_id: int) -> Map | None:
+        """Open a map by its kernel ID (bpf_map_get_fd_by_id); None if no such map exists (any more)."""
+        rc = lb.bpf_map_get_fd_by_id(map_id)
+        if rc == -errno.ENOENT:
+            return None
+        if rc < 0:
+            raise privilege_error_for(-rc, f"opening map id {map_id}") or BpfError(
+                -rc, f"bpf_map_get_fd_by_id({map_id})"
+            )
+        return cls(rc)
 
     @classmethod
     def open_pinned(cls, path: str | Path) -> Map:
@@ -118,6 +137,41 @@ class Map:
             return False
         lb.check(rc, f"delete in {self.name}")
         return True
+
+    # ---- map-in-map ----
+
+    def set_inner(self, key: bytes | int, inner: Map | int, flags: int = 0) -> None:
+        """Outer map-in-map: point ``key`` at ``inner`` (a Map or fd), atomically replacing the old one.
+
+        The kernel checks that inner has the template's type, key/value size and flags (EINVAL
+        otherwise). Integer keys are u32 (array of maps); the outer map keeps the inner map alive, so
+        the caller may close its fd afterwards.
+        """
+        self._require_map_in_map("set_inner")
+        fd = inner.fd if isinstance(inner, Map) else int(inner)
+        k = key.to_bytes(4, "little") if isinstance(key, int) else key
+        self.update(k, fd.to_bytes(4, "little"), flags)
+
+    def inner_map(self, key: bytes | int) -> Map | None:
+        """Outer map-in-map: the inner map at ``key`` opened by ID (a new fd the caller closes), or None.
+
+        The lookup returns the inner map's ID; if that map is freed before we open it (replaced and
+        released concurrently), the lookup is retried.
+        """
+        self._require_map_in_map("inner_map")
+        k = key.to_bytes(4, "little") if isinstance(key, int) else key
+        for _ in range(4):
+            raw = self.lookup(k)
+            if raw is None:
+                return None
+            m = Map.open_by_id(int.from_bytes(raw[:4], "little"))
+            if m is not None:
+                return m
+        return None
+
+    def _require_map_in_map(self, what: str) -> None:
+        if self.map_type not in lb.MAP_IN_MAP_TYPES:
+            raise TypeError(f"{what}: {self.name} is not a map-in-map (type {self.map_type})")
 
     def keys(self) -> Iterator[bytes]:
         """Iterate keys with get_next_key. Concurrent deletes may restart iteration (kernel rule)."""
@@ -196,6 +250,52 @@ class Map:
 
 
 _ENOTSUPP = 524  # kernel-internal errno some map types return for batch ops
+_MAP_NAME = re.compile(r"[A-Za-z0-9_.]{0,15}")  # BPF_OBJ_NAME_LEN 16 with the NUL
+
+
+def create_map(
+    map_type: int,
+    key_size: int,
+    value_size: int,
+    max_entries: int,
+    flags: int = 0,
+    name: str = "",
+    inner_map_fd: int | None = None,
+) -> Map:
+    """Create a map (bpf_map_create) owned by the returned Map: it lives until its fd is closed and
+    nothing else (a pin, an outer map, a program) references it.
+
+    flags: BPF_F_* map_flags (LPM tries need BPF_F_NO_PREALLOC). inner_map_fd: for a map-in-map,
+    a map whose type/sizes/flags every inner map must have (only its shape is used).
+    """
+    if not _MAP_NAME.fullmatch(name):
+        raise ValueError(f"map name {name!r}: at most 15 characters of [A-Za-z0-9_.]")
+    opts = lb.bpf_map_create_opts(sz=ctypes.sizeof(lb.bpf_map_create_opts))
+    opts.map_flags = flags
+    if inner_map_fd is not None:
+        opts.inner_map_fd = inner_map_fd
+    name_b = name.encode() or None
+    rc = lb.bpf_map_create(map_type, name_b, key_size, value_size, max_entries, ctypes.byref(opts))
+    if rc < 0:
+        what = f"creating map {name or '(unnamed)'} (type {map_type}, key {key_size}, value {value_size})"
+        raise privilege_error_for(-rc, what) or BpfError(-rc, f"bpf_map_create: {what}")
+    return Map(rc, name or None)
+
+
+def create_policy_map(name: str = "", max_entries: int | None = None) -> Map:
+    """A new, empty per-endpoint policy map (LPM trie tnd_policy_key -> tnd_policy_value) shaped
+    like tnd_policy's inner-map template, ready to fill and swap in with ``set_inner``."""
+    from tendril.bpf import abi
+
+    return create_map(
+        lb.BPF_MAP_TYPE_LPM_TRIE,
+        abi.POLICY_KEY_DTYPE.itemsize,
+        abi.POLICY_VALUE_DTYPE.itemsize,
+        abi.POLICY_MAX_ENTRIES if max_entries is None else max_entries,
+        flags=lb.BPF_F_NO_PREALLOC,
+        name=name,
+    )
+
 
 KeyLike = bytes | np.void | np.ndarray | int
 

@@ -37,53 +37,56 @@ def _mask(rows: np.ndarray, pred: Predicate, sel: Selection, use_until: bool = T
     return m
 
 
-def historical(ring: FlowRing, pred: Predicate, sel: Selection) -> tuple[np.ndarray, int]:
-    """The stored rows the request selects, oldest first, and the sequence to follow from."""
+def historical(ring: FlowRing, pred: Predicate, sel: Selection) -> tuple[np.ndarray, np.ndarray, int]:
+    """The stored rows the request selects (oldest first), their sequence numbers, and the
+    sequence to follow from."""
     end = ring.written
     start = ring.oldest
     if sel.follow and sel.number == 0 and sel.since_ns is None:
-        return rec.empty(0), end  # plain --follow: only new flows
-    picked: list[np.ndarray] = []
+        return rec.empty(0), np.zeros(0, np.int64), end  # plain --follow: only new flows
+    picked: list[tuple[np.ndarray, np.ndarray]] = []
     count = 0
     limit = sel.number or None
     if sel.first:
         pos = start
         while pos < end and (limit is None or count < limit):
             rows = ring.read(pos, min(pos + CHUNK, end))
+            seqs = np.nonzero(_mask(rows, pred, sel))[0] + pos
             pos += CHUNK
-            hits = rows[_mask(rows, pred, sel)]
             if limit is not None:
-                hits = hits[: limit - count]
-            picked.append(hits)
-            count += len(hits)
-        return (np.concatenate(picked) if picked else rec.empty(0)), end
-    pos = end
-    chunk = FIRST_CHUNK
-    while pos > start and (limit is None or count < limit):
-        lo = max(start, pos - chunk)
-        rows = ring.read(lo, pos)
-        pos = lo
-        chunk = min(chunk * 4, 4 * CHUNK)
-        hits = rows[_mask(rows, pred, sel)]
-        if limit is not None:
-            hits = hits[max(0, len(hits) - (limit - count)) :]
-        picked.append(hits)
-        count += len(hits)
-    picked.reverse()
-    return (np.concatenate(picked) if picked else rec.empty(0)), end
+                seqs = seqs[: limit - count]
+            picked.append((rows[seqs - (pos - CHUNK)], seqs))
+            count += len(seqs)
+    else:
+        pos = end
+        chunk = FIRST_CHUNK
+        while pos > start and (limit is None or count < limit):
+            lo = max(start, pos - chunk)
+            rows = ring.read(lo, pos)
+            pos = lo
+            chunk = min(chunk * 4, 4 * CHUNK)
+            idx = np.nonzero(_mask(rows, pred, sel))[0]
+            if limit is not None:
+                idx = idx[max(0, len(idx) - (limit - count)) :]
+            picked.append((rows[idx], idx + lo))
+            count += len(idx)
+        picked.reverse()
+    if not picked:
+        return rec.empty(0), np.zeros(0, np.int64), end
+    return np.concatenate([p[0] for p in picked]), np.concatenate([p[1] for p in picked]), end
 
 
 async def follow(
     ring: FlowRing, pred: Predicate, sel: Selection, cursor: int
-) -> AsyncIterator[tuple[np.ndarray, int]]:
-    """Yield (new matching rows, rows lost because the reader was lapped) as flows arrive."""
+) -> AsyncIterator[tuple[np.ndarray, int, int, int]]:
+    """Yield (new matching rows, rows lost because the reader was lapped, from_seq, to_seq)."""
     while True:
         await ring.wait(cursor, timeout=1.0)
         end = ring.written
         if end == cursor:
-            yield rec.empty(0), 0  # heartbeat: lets the caller notice a cancelled stream
+            yield rec.empty(0), 0, cursor, end  # heartbeat: lets the caller notice a cancelled stream
             continue
         lost = max(0, ring.oldest - cursor)
         rows = ring.read(cursor, end)
-        cursor = end
-        yield rows[_mask(rows, pred, sel, use_until=False)], lost
+        start, cursor = cursor, end
+        yield rows[_mask(rows, pred, sel, use_until=False)], lost, start, end

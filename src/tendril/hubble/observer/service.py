@@ -40,6 +40,13 @@ class ObserverContext:
     namespaces: Callable[[], list[str]] = list
     on_lost: Callable[[str, int], None] = lambda source, n: None
     lost_by_source: dict[str, int] = field(default_factory=dict)
+    # Losses upstream of the store (kernel ring overflow): (ring sequence when noticed, time, source,
+    # count). Streams report them where they happened among the flows, as Hubble's ring does.
+    lost_log: list[tuple[int, int, str, int]] = field(default_factory=list)
+
+    def record_loss(self, source: str, n: int) -> None:
+        self.lost_log.append((self.ring.written, time.time_ns(), source, n))
+        del self.lost_log[:-1024]
 
 
 def _ts(ns: int) -> timestamp_pb2.Timestamp:
@@ -69,15 +76,25 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             self.ctx.lost_by_source.get("HUBBLE_RING_BUFFER", 0) + n
         )
         self.ctx.on_lost("hubble_ring_buffer", n)
-        now = _ts(time.time_ns())
+        return self._lost_response("HUBBLE_RING_BUFFER", n, time.time_ns())
+
+    def _lost_response(self, source: str, n: int, when_ns: int) -> observer_pb2.GetFlowsResponse:
+        when = _ts(when_ns)
         ev = flow_pb2.LostEvent(
-            source=flow_pb2.HUBBLE_RING_BUFFER,
+            source=flow_pb2.LostEventSource.Value(source),
             num_events_lost=n,
             cpu=wrappers_pb2.Int32Value(value=0),
-            first=now,
-            last=now,
+            first=when,
+            last=when,
         )
-        return observer_pb2.GetFlowsResponse(lost_events=ev, node_name=self.ctx.node_name, time=now)
+        return observer_pb2.GetFlowsResponse(lost_events=ev, node_name=self.ctx.node_name, time=when)
+
+    def _logged_losses(self, from_seq: int, to_seq: int) -> list[tuple[int, observer_pb2.GetFlowsResponse]]:
+        return [
+            (seq, self._lost_response(source, n, t))
+            for seq, t, source, n in self.ctx.lost_log
+            if from_seq <= seq <= to_seq
+        ]
 
     async def GetFlows(  # noqa: N802 - gRPC method name
         self, request: observer_pb2.GetFlowsRequest, context: grpc.aio.ServicerContext
@@ -99,15 +116,22 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         if sel.first and sel.follow:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first cannot be combined with follow")
             return
-        rows, cursor = historical(self.ctx.ring, pred, sel)
+        rows, seqs, cursor = historical(self.ctx.ring, pred, sel)
+        losses = self._logged_losses(int(seqs[0]), cursor) if len(rows) else []
         for start in range(0, len(rows), 1024):
-            for resp in self._responses(rows[start : start + 1024], mask):
+            for i, resp in enumerate(self._responses(rows[start : start + 1024], mask)):
+                while losses and losses[0][0] <= seqs[start + i]:
+                    yield losses.pop(0)[1]
                 yield resp
+        for _, resp in losses:
+            yield resp
         if not sel.follow:
             return
-        async for new, lost in follow(self.ctx.ring, pred, sel, cursor):
+        async for new, lost, from_seq, to_seq in follow(self.ctx.ring, pred, sel, cursor):
             if context.done():
                 return
+            for _, resp in self._logged_losses(from_seq + 1, to_seq):
+                yield resp
             if lost:
                 yield self._lost(lost)
             for resp in self._responses(new, mask):
