@@ -136,7 +136,30 @@ def build_app(agent: Agent) -> Starlette:
 
         return StreamingResponse(stream(), media_type="application/x-ndjson")
 
+    async def policies(request: Request) -> Response:
+        return JSONResponse(agent.policy.list())
+
+    async def policy_import(request: Request) -> Response:
+        b = await request.json()
+        return await call(agent.policy.import_text, b["text"], b.get("source", "<stdin>"))
+
+    async def policy_delete(request: Request) -> Response:
+        p = request.path_params
+        ns = p["ns"] if p["ns"] != "-" else None
+        return await call(agent.policy.delete, p["kind"], ns, p["name"])
+
+    async def identities(request: Request) -> Response:
+        return JSONResponse(agent.policy.identity_list())
+
+    async def bpf_policy(request: Request) -> Response:
+        return await call(agent.policy.policy_map, int(request.path_params["ep"]))
+
     routes = [
+        Route("/v1/policies", policies),
+        Route("/v1/policies", policy_import, methods=["PUT"]),
+        Route("/v1/policies/{kind}/{ns}/{name}", policy_delete, methods=["DELETE"]),
+        Route("/v1/identities", identities),
+        Route("/v1/bpf/policy/{ep:int}", bpf_policy),
         Route("/v1/healthz", healthz),
         Route("/v1/status", status),
         Route("/v1/endpoints", endpoints),

@@ -22,6 +22,7 @@ from tendril.agent.datapath import Datapath
 from tendril.agent.endpoints import EndpointManager
 from tendril.agent.events import EventPump
 from tendril.agent.pods import PodManager
+from tendril.agent.policy import PolicyEngine
 from tendril.agent.state import NodeState
 from tendril.bpf import RingBufferReader, abi
 from tendril.common import paths
@@ -57,13 +58,16 @@ class Agent:
             if not netns.exists(self.config.netns):
                 raise TendrilError(f"node network namespace {self.config.netns!r} does not exist")
         self.datapath.load()
-        self.datapath.configure(TRACE_LEVELS[self.config.trace_level])
+        self.datapath.configure(TRACE_LEVELS[self.config.trace_level], audit=self.state.policy_audit)
+        self.policy = PolicyEngine(self.config, self.state, self.datapath)
         self.tables = Tables()
         self.ring = FlowRing(self.config.hubble_buffer_capacity)
         self.endpoints = EndpointManager(self.config, self.state, self.datapath, self.tables)
+        self.endpoints.policy = self.policy
         failed = self.endpoints.restore()
         if failed:
             log.warning("endpoints not restored: %s", ", ".join(failed))
+        self.policy.sync()
         self.pods = PodManager(self.config, self.state, self.endpoints)
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
         node_id = self.tables.strings.intern(self.config.name)
@@ -121,6 +125,7 @@ class Agent:
             namespaces=lambda: sorted({ep.namespace for ep in self.state.endpoints.values()}),
             on_lost=self._count_lost,
         )
+        self.observer_ctx = ctx
         server = await start_observer(ctx, str(paths.hubble_socket(self.config.name)), tcp)
         log.info("hubble observer on %s and %s", paths.hubble_socket(self.config.name), tcp or "no TCP")
         return server
@@ -128,6 +133,9 @@ class Agent:
     def _count_lost(self, source: str, n: int) -> None:
         """Lost events by Hubble source name; metrics pick them up."""
         self.lost_events[source] = self.lost_events.get(source, 0) + n
+        ctx = getattr(self, "observer_ctx", None)
+        if ctx is not None and source == "perf_event_ring_buffer":
+            ctx.record_loss("PERF_EVENT_RING_BUFFER", n)  # shown inline in GetFlows streams
         for hook in self.lost_hooks:
             hook(source, n)
 
@@ -179,23 +187,37 @@ class Agent:
         return {"cpus": os.cpu_count(), "ring_bytes": self.config.ring_bytes, "node": self.config.name}
 
     def runtime_config(self) -> dict[str, Any]:
-        return {"MonitorAggregationLevel": self.config.trace_level, "SourceIPVerification": True}
+        return {
+            "MonitorAggregationLevel": self.config.trace_level,
+            "PolicyAuditMode": "Enabled" if self.state.policy_audit else "Disabled",
+            "PolicyEnforcement": "default",
+            "SourceIPVerification": "Enabled",
+        }
 
     def set_config(self, body: dict[str, Any]) -> dict[str, Any]:
         level = body.get("trace_level")
+        if level is not None and level not in TRACE_LEVELS:
+            raise InvalidInputError(f"invalid trace_level {level!r}: one of {', '.join(TRACE_LEVELS)}")
+        audit = body.get("policy_audit")
+        if audit is not None and not isinstance(audit, bool):
+            raise InvalidInputError("PolicyAuditMode must be Enabled or Disabled")
         if level is not None:
-            if level not in TRACE_LEVELS:
-                raise InvalidInputError(f"invalid trace_level {level!r}: one of {', '.join(TRACE_LEVELS)}")
             self.config.trace_level = level
-            self.datapath.configure(TRACE_LEVELS[level])
             self.config.save()
+        if audit is not None:
+            self.state.policy_audit = audit
+            self.state.save()
+        self.datapath.configure(TRACE_LEVELS[self.config.trace_level], audit=self.state.policy_audit)
         return self.runtime_config()
 
     def endpoint_list(self) -> list[dict[str, Any]]:
         out = []
         for ep in self.endpoints.list():
             d = dict(ep.__dict__)
-            d["identity"] = 5  # reserved:init until identities exist
+            ingress, egress = self.policy.enforcement(ep.id)
+            d["policy_ingress"], d["policy_egress"] = ingress, egress
+            d["policy_audit"] = self.state.policy_audit
+            d["policy_error"] = self.policy.errors.get(ep.id, "")
             d["attach"] = self.datapath.attach_kind(ep.host_ifname)
             d["state"] = "ready"
             out.append(d)
@@ -276,10 +298,19 @@ class Agent:
             "datapath_conntrack_gc_runs_total": self.ct_gc_runs,
             "datapath_conntrack_gc_entries_removed_total": self.ct_gc_removed,
             "hubble_flows_seen_total": self.ring.written,
+            "policy": len(self.policy.repo),
+            "policy_max_revision": self.policy.repo.revision,
+            "identity": self._identity_counts(),
             "hubble_flows_stored": len(self.ring),
             "monitor_events_read_total": self.pump.events_read,
             "lost_events_total": [({"source": s}, n) for s, n in sorted(self.lost_events.items())],
         }
+
+    def _identity_counts(self) -> list[tuple[dict[str, str], int]]:
+        counts = {"reserved": 0, "cluster_local": 0, "cidr": 0}
+        for n in self.policy.alloc.identities():
+            counts["cidr" if n >= 1 << 24 else "reserved" if n < 256 else "cluster_local"] += 1
+        return [({"type": t}, c) for t, c in counts.items()]
 
     def ct_flush(self) -> dict[str, Any]:
         return {"deleted": self.datapath.flush_ct()}

@@ -61,21 +61,28 @@ class Datapath:
             self.obj.close()
             self.obj = None
 
-    def configure(self, trace_level: int, source_ip_check: bool = True) -> None:
+    def configure(self, trace_level: int, audit: bool = False, source_ip_check: bool = True) -> None:
+        """Datapath settings: trace aggregation, PolicyAuditMode, source IP verification."""
         value = np.zeros((), dtype=abi.SETTINGS_DTYPE)
         value["trace_level"] = trace_level
-        value["flags"] = abi.SETTINGS_SOURCE_IP_CHECK if source_ip_check else 0
+        flags = abi.SETTINGS_SOURCE_IP_CHECK if source_ip_check else 0
+        if audit:
+            flags |= abi.SETTINGS_POLICY_AUDIT
+        value["flags"] = flags
         self.settings.update(np.uint32(0), value)
 
     # ---- endpoints -----------------------------------------------------------------------------
     def _link_path(self, ifname: str, direction: str) -> Path:
         return self.link_dir / f"{ifname}-{direction}"
 
-    def attach_endpoint(self, ifindex: int, ifname: str, ep_id: int, ipv4: str, ipv6: str) -> None:
+    def attach_endpoint(
+        self, ifindex: int, ifname: str, ep_id: int, ipv4: str, ipv6: str, identity: int = 5
+    ) -> None:
         """Register the endpoint in the map first, then attach (or re-point) both programs."""
         assert self.obj is not None
         info = np.zeros((), dtype=abi.ENDPOINT_INFO_DTYPE)
         info["ep_id"] = ep_id
+        info["identity"] = identity
         info["ipv4"] = np.frombuffer(ipaddress.IPv4Address(ipv4).packed, dtype=np.uint8)
         info["ipv6"] = np.frombuffer(ipaddress.IPv6Address(ipv6).packed, dtype=np.uint8)
         self.endpoints.update(np.uint32(ifindex), info)
@@ -85,6 +92,13 @@ class Datapath:
                 self.obj.program(prog_name), ifindex, direction, pin_path=self._link_path(ifname, direction)
             )
             link.close()
+
+    def set_endpoint_identity(self, ifindex: int, identity: int) -> None:
+        info = self.endpoints.lookup(np.uint32(ifindex))
+        if info is not None and int(info["identity"]) != identity:
+            info = info.copy()
+            info["identity"] = identity
+            self.endpoints.update(np.uint32(ifindex), info)
 
     def detach_endpoint(self, ifindex: int, ifname: str) -> None:
         for direction, _ in DIRECTIONS:

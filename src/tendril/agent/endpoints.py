@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ class EndpointManager:
         self.datapath = datapath
         self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
         self.on_delete: list = []  # callbacks(EndpointMeta) when an endpoint goes away
+        self.policy: Any = None  # the PolicyEngine, set by the agent once it exists
         self._by_ip: dict[str, EndpointMeta] = {}
         self._ip_ids: dict[bytes, int] = {}
         self._ifnames: dict[int, str] = {}
@@ -60,8 +62,26 @@ class EndpointManager:
 
     # ---- the parser's Resolver (vectorised callers pass distinct values) -------------------------
     def endpoint_ids(self, addrs: np.ndarray) -> np.ndarray:
+        """Local endpoints by address; any other address gets the metadata of its ipcache identity
+        (world, host, a CIDR identity), as Hubble shows `reserved:world` peers."""
         ids = self._ip_ids
-        return np.fromiter((ids.get(a.tobytes(), 0) for a in addrs), dtype=np.uint32, count=len(addrs))
+        out = np.zeros(len(addrs), dtype=np.uint32)
+        for i, a in enumerate(addrs):
+            raw = a.tobytes()
+            meta_id = ids.get(raw)
+            if meta_id is None:
+                meta_id = self._peer_meta_id(raw)
+            out[i] = meta_id
+        return out
+
+    def _peer_meta_id(self, raw: bytes) -> int:
+        if self.policy is None or raw == bytes(16):
+            return 0
+        ip = ipaddress.IPv4Address(raw[:4]) if raw[4:] == bytes(12) else ipaddress.IPv6Address(raw)
+        # fe80::1 is the node's router on every veth: the host
+        ident = 1 if ip.version == 6 and ip.is_link_local else self.policy.ipcache.lookup(ip)
+        labels = tuple(sorted(self.policy.alloc.lookup(ident) or ()))
+        return self.tables.endpoints.intern(EndpointMeta(identity=ident, labels=labels))
 
     def identity_of(self, meta_ids: np.ndarray) -> np.ndarray:
         ep = self.tables.endpoint
@@ -75,7 +95,7 @@ class EndpointManager:
 
     @staticmethod
     def meta(ep: EndpointRecord) -> EndpointMeta:
-        labels = tuple(sorted(f"k8s:{k}={v}" for k, v in ep.labels.items())) + (
+        labels = tuple(ep.identity_labels) or tuple(sorted(f"k8s:{k}={v}" for k, v in ep.labels.items())) + (
             f"k8s:io.kubernetes.pod.namespace={ep.namespace}",
         )
         return EndpointMeta(
@@ -83,7 +103,7 @@ class EndpointManager:
             namespace=ep.namespace,
             pod_name=ep.pod,
             labels=labels,
-            identity=5,
+            identity=ep.identity,
             workloads=_workloads(ep),
         )
 
@@ -109,7 +129,14 @@ class EndpointManager:
     def list(self) -> list[EndpointRecord]:
         return sorted(self.state.endpoints.values(), key=lambda e: e.id)
 
-    def create(self, namespace: str, pod: str, labels: dict[str, str], owner: str = "") -> EndpointRecord:
+    def create(
+        self,
+        namespace: str,
+        pod: str,
+        labels: dict[str, str],
+        owner: str = "",
+        named_ports: dict[str, list[int]] | None = None,
+    ) -> EndpointRecord:
         key = f"{namespace}/{pod}"
         ep = self.state.endpoints.get(key)
         if ep is None:
@@ -129,14 +156,15 @@ class EndpointManager:
             )
         ep.labels = dict(labels)
         ep.owner = owner
-        self._realise(ep)
+        ep.named_ports = dict(named_ports or {})
+        self._realise(ep, new=True)
         self.state.endpoints[key] = ep
         self.state.ipam = self.ipam.to_dict()
         self.state.save()
         self._reindex()
         return ep
 
-    def _realise(self, ep: EndpointRecord) -> None:
+    def _realise(self, ep: EndpointRecord, new: bool = False) -> None:
         net = podnet.create_pod_network(
             node_netns=self.config.netns,
             pod_netns=ep.netns,
@@ -148,7 +176,10 @@ class EndpointManager:
         )
         ep.host_ifindex = net.host_ifindex
         ep.cgroup = str(cgroup.create_pod_cgroup(self.config.name, podnet.pod_key(ep.namespace, ep.pod)))
-        self.datapath.attach_endpoint(ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6)
+        if new and self.policy is not None:
+            # identity, policy map and ipcache exist before the programs see the pod's first packet
+            self.policy.sync(pending=ep)
+        self.datapath.attach_endpoint(ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6, ep.identity)
 
     def restore(self) -> list[str]:
         """Re-assert every recorded endpoint; returns the keys that could not be restored."""
@@ -175,6 +206,8 @@ class EndpointManager:
         )
         self.ipam.release(ep.key)
         del self.state.endpoints[ep.key]
+        if self.policy is not None:
+            self.policy.forget_endpoint(ep)
         for hook in self.on_delete:
             hook(self.meta(ep))
         self.state.ipam = self.ipam.to_dict()

@@ -18,6 +18,7 @@ from typing import Any
 
 from tendril.agent.config import NodeConfig
 from tendril.agent.endpoints import EndpointManager
+from tendril.agent.policy import named_ports_of
 from tendril.agent.state import NodeState, PodRecord, ProcessRecord
 from tendril.common import paths
 from tendril.common.errors import InvalidInputError, NotFoundError
@@ -54,8 +55,11 @@ class PodManager:
     # ---- namespaces ----------------------------------------------------------------------------
     def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> bool:
         created = name not in self.state.namespaces
+        changed = self.state.namespaces.get(name) != dict(labels or {})
         self.state.namespaces[name] = dict(labels or {})
         self.state.save()
+        if changed and not created and self.endpoints.policy is not None:
+            self.endpoints.policy.sync()  # namespace labels are part of every pod's identity
         return created
 
     def delete_namespace(self, name: str) -> list[str]:
@@ -91,7 +95,7 @@ class PodManager:
         outcome = "configured" if existing is not None else "created"
         if existing is not None:
             self._stop_processes(existing)
-        ep = self.endpoints.create(namespace, name, labels, owner)
+        ep = self.endpoints.create(namespace, name, labels, owner, named_ports_of(containers))
         pod = PodRecord(
             namespace=namespace,
             name=name,

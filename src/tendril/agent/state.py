@@ -27,6 +27,9 @@ class EndpointRecord:
     cgroup: str
     created: float
     owner: str = ""  # "Deployment/<name>" for replicas, "" for bare pods
+    identity: int = 5  # reserved:init until the policy engine gives it its labels' identity
+    identity_labels: list[str] = field(default_factory=list)
+    named_ports: dict[str, list[int]] = field(default_factory=dict)  # name -> [port, IP protocol]
 
     @property
     def key(self) -> str:
@@ -67,6 +70,9 @@ class NodeState:
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
     endpoints: dict[str, EndpointRecord] = field(default_factory=dict)
     pods: dict[str, PodRecord] = field(default_factory=dict)
+    identities: dict[str, Any] = field(default_factory=dict)  # IdentityAllocator.to_dict()
+    policies: dict[str, Any] = field(default_factory=dict)  # PolicyRepository.to_dict()
+    policy_audit: bool = False
 
     def save(self) -> None:
         write_json(paths.node_state_file(self.node), asdict(self))
@@ -87,6 +93,9 @@ class NodeState:
             namespaces=data.get("namespaces", {}),
             endpoints={k: EndpointRecord(**e) for k, e in data.get("endpoints", {}).items()},
             pods=pods,
+            identities=data.get("identities", {}),
+            policies=data.get("policies", {}),
+            policy_audit=data.get("policy_audit", False),
         )
 
     def allocate_endpoint_id(self) -> int:

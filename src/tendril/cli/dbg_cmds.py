@@ -10,6 +10,7 @@ import click
 from tendril.cli.client import DEFAULT_LAB, AgentClient, resolve_nodes
 from tendril.cli.monitor_format import monitor_line
 from tendril.cli.tabwriter import render
+from tendril.common.errors import InvalidInputError
 from tendril.hubble.parser.flow import flow_from_wire
 from tendril.monitor import api
 
@@ -59,13 +60,12 @@ def endpoint_list(node: str | None, lab: str, output: str) -> None:
         ["", "ENFORCEMENT", "ENFORCEMENT", "", "", "", "", ""],
     ]
     for ep in sorted(eps, key=lambda e: e["id"]):
-        labels = sorted(f"k8s:{k}={v}" for k, v in ep["labels"].items())
-        labels.append(f"k8s:io.kubernetes.pod.namespace={ep['namespace']}")
+        labels = ep.get("identity_labels") or sorted(f"k8s:{k}={v}" for k, v in ep["labels"].items())
         rows.append(
             [
                 str(ep["id"]),
-                "Disabled",
-                "Disabled",
+                _enforcement(ep, "ingress"),
+                _enforcement(ep, "egress"),
                 str(ep["identity"]),
                 "\n".join(labels),
                 ep["ipv6"],
@@ -74,6 +74,12 @@ def endpoint_list(node: str | None, lab: str, output: str) -> None:
             ]
         )
     click.echo(render(rows))
+
+
+def _enforcement(ep: dict, direction: str) -> str:
+    if not ep.get(f"policy_{direction}"):
+        return "Disabled"
+    return "Disabled (Audit)" if ep.get("policy_audit") else "Enabled"
 
 
 @click.group()
@@ -134,6 +140,23 @@ def ct_flush(scope: str, node: str | None, lab: str) -> None:
             click.echo(f"Flushed {c.delete('/v1/bpf/ct')['deleted']} entries from {n}")
 
 
+@bpf.group("policy")
+def bpf_policy() -> None:
+    """Per-endpoint policy maps."""
+
+
+@bpf_policy.command("get")
+@click.argument("endpoint", type=int)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@node_option
+@lab_option
+def bpf_policy_get(endpoint: int, output: str, node: str | None, lab: str) -> None:
+    """Show an endpoint's policy map entries (cilium-dbg bpf policy get ENDPOINT)."""
+    from tendril.cli.policy_cmds import bpf_policy_get as show
+
+    show(endpoint, lab, node, output)
+
+
 @bpf.group()
 def metrics() -> None:
     """Datapath packet/byte counters by reason and direction."""
@@ -173,7 +196,12 @@ def metrics_list(node: str | None, lab: str, output: str) -> None:
 
 @click.command()
 @click.option(
-    "-t", "--type", "etype", type=click.Choice(["drop", "trace"]), default=None, help="Only this event type."
+    "-t",
+    "--type",
+    "etype",
+    type=click.Choice(["drop", "trace", "policy-verdict"]),
+    default=None,
+    help="Only this event type.",
 )
 @click.option("--related-to", type=int, default=None, help="Only events of this endpoint ID.")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
@@ -212,7 +240,10 @@ def monitor(etype: str | None, related_to: int | None, output: str, node: str | 
 @node_option
 @lab_option
 def config(settings: tuple[str, ...], node: str | None, lab: str) -> None:
-    """Show or change runtime options: tendril config MonitorAggregationLevel=none|medium|all."""
+    """Show or change runtime options.
+
+    MonitorAggregationLevel=none|medium|maximum, PolicyAuditMode=Enabled|Disabled.
+    """
     aliases = {
         "none": "all",
         "low": "all",
@@ -225,11 +256,19 @@ def config(settings: tuple[str, ...], node: str | None, lab: str) -> None:
         with AgentClient(n) as c:
             for s in settings:
                 key, _, value = s.partition("=")
-                if key not in ("MonitorAggregationLevel", "MonitorAggregation", "monitor-aggregation"):
-                    from tendril.common.errors import InvalidInputError
-
-                    raise InvalidInputError(f"unknown option {key!r} (supported: MonitorAggregationLevel)")
-                c.put("/v1/config", {"trace_level": aliases.get(value.lower(), value)})
+                if key in ("MonitorAggregationLevel", "MonitorAggregation", "monitor-aggregation"):
+                    c.put("/v1/config", {"trace_level": aliases.get(value.lower(), value)})
+                elif key == "PolicyAuditMode":
+                    flag = {"enabled": True, "true": True, "disabled": False, "false": False}.get(
+                        value.lower()
+                    )
+                    if flag is None:
+                        raise InvalidInputError(f"PolicyAuditMode={value!r}: use Enabled or Disabled")
+                    c.put("/v1/config", {"policy_audit": flag})
+                else:
+                    raise InvalidInputError(
+                        f"unknown option {key!r} (supported: MonitorAggregationLevel, PolicyAuditMode)"
+                    )
             cfg = c.get("/v1/config")
         click.echo(f"##### {n} #####")
         click.echo(render([[f"{k}", ":", str(v)] for k, v in cfg.items()], padding=1))

@@ -79,10 +79,20 @@ def _apply_pod(
 )
 @lab_option
 def apply(files: tuple[str, ...], lab: str) -> None:
-    """Create or update Namespaces, Pods and Deployments from YAML (validated first, all or nothing)."""
+    """Create or update Namespaces, policies, Pods and Deployments from YAML.
+
+    Every document of every file is validated first, so a bad file changes nothing. Policies are
+    applied before pods, so new pods are enforced from their first packet.
+    """
+    import yaml
+
+    from tendril.cli.policy_cmds import import_policies, print_results
     from tendril.lab import manifest as mf
+    from tendril.policy import Policy
 
     objs = [o for f in files for o in mf.load_file(f)]
+    policies = [o for o in objs if isinstance(o, Policy)]
+    objs = [o for o in objs if not isinstance(o, Policy)]
     nodes = resolve_nodes(lab, None)
     known = _known_namespaces(nodes) | {o.metadata.name for o in objs if isinstance(o, mf.Namespace)}
     for o in objs:
@@ -90,10 +100,22 @@ def apply(files: tuple[str, ...], lab: str) -> None:
             ns = o.metadata.namespace or "default"
             if ns not in known:
                 raise TendrilError(f'{o.kind} "{o.metadata.name}": namespaces "{ns}" not found')
+    for p in policies:
+        if p.namespace and p.namespace not in known:
+            raise TendrilError(f'{p.kind} "{p.name}": namespaces "{p.namespace}" not found')
     existing = _all_pods(nodes)
     placed = {f"{p['namespace']}/{p['name']}": p["node"] for p in existing}
-    for o in objs:
-        if isinstance(o, mf.Namespace):
+    ordered = (
+        [o for o in objs if isinstance(o, mf.Namespace)]
+        + [None]
+        + [o for o in objs if not isinstance(o, mf.Namespace)]
+    )
+    for o in ordered:
+        if o is None:
+            if policies:
+                text = yaml.safe_dump_all([p.document for p in policies], sort_keys=False)
+                print_results(import_policies(lab, text, ", ".join(files)))
+        elif isinstance(o, mf.Namespace):
             created = False
             for n in nodes:
                 with AgentClient(n) as c:
@@ -145,12 +167,25 @@ def _apply_deployment(
 def delete(files: tuple[str, ...], ignore_not_found: bool, lab: str) -> None:
     """Delete the objects named in YAML files."""
     from tendril.lab import manifest as mf
+    from tendril.policy import Policy
 
     objs = [o for f in files for o in mf.load_file(f)]
     nodes = resolve_nodes(lab, None)
     pods = _all_pods(nodes)
     missing = []
     for o in reversed(objs):
+        if isinstance(o, Policy):
+            try:
+                for n in nodes:
+                    with AgentClient(n) as c:
+                        c.delete(f"/v1/policies/{o.kind}/{o.namespace or '-'}/{o.name}")
+                click.echo(
+                    f"{o.kind.lower()}.{'networking.k8s.io' if o.kind == 'NetworkPolicy' else 'cilium.io'} "
+                    f'"{o.name}" deleted'
+                )
+            except TendrilError as e:
+                missing.append(str(e))
+            continue
         ns = o.metadata.namespace or "default"
         if isinstance(o, mf.Pod):
             targets = [p for p in pods if p["namespace"] == ns and p["name"] == o.metadata.name]

@@ -29,7 +29,16 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from tendril.cli import agent_cmd, dbg_cmds, hubble_cmds, k8s_cmds, lab_cmds, observe_cmd, workload_cmds
+    from tendril.cli import (
+        agent_cmd,
+        dbg_cmds,
+        hubble_cmds,
+        k8s_cmds,
+        lab_cmds,
+        observe_cmd,
+        policy_cmds,
+        workload_cmds,
+    )
 
     cli.add_command(agent_cmd.agent)
     cli.add_command(lab_cmds.lab)
@@ -40,6 +49,8 @@ def _register() -> None:
     cli.add_command(observe_cmd.observe)
     cli.add_command(hubble_cmds.hubble)
     cli.add_command(workload_cmds.workload)
+    cli.add_command(policy_cmds.policy)
+    cli.add_command(policy_cmds.identity)
 
 
 _register()

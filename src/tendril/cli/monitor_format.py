@@ -38,8 +38,19 @@ def _tuple(f: Flow) -> str:
 
 
 def monitor_line(f: Flow) -> str:
-    """One `cilium-dbg monitor` line for a trace or drop event."""
+    """One `cilium-dbg monitor` line for a trace, drop or policy verdict event."""
     idents = f"identity {_identity_name(f.source)}->{_identity_name(f.destination)}"
+    if f.event_type == 5:
+        ingress = f.traffic_direction == "INGRESS"
+        remote = f.source if ingress else f.destination
+        action = {"FORWARDED": "allow", "DROPPED": "deny", "AUDIT": "audit"}.get(f.verdict, f.verdict.lower())
+        match = api.POLICY_MATCH_TYPES.get(f.policy_match, str(f.policy_match))
+        remote_id = _identity_name(remote)
+        return (
+            f"Policy verdict log: flow {f.hash:#x} local EP ID {f.ep_id}, remote ID {remote_id}, "
+            f"proto {f.l4_proto}, {'ingress' if ingress else 'egress'}, action {action}, match {match}, "
+            f"{_tuple(f)}"
+        )
     if f.event_type == 1:
         to_ep = f.ep_id if f.traffic_direction == "INGRESS" else 0
         return (

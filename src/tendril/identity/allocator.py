@@ -171,6 +171,13 @@ class IdentityAllocator:
             raise KeyError(f"no CIDR identity for {p}")
         return self._cidr.release(p)
 
+    def cidr_identity_of(self, prefix: str) -> int | None:
+        """The identity already allocated for a prefix (no new user counted), or None."""
+        p = canonical_prefix(prefix)
+        if p.endswith("/0"):
+            return int(ReservedIdentity.WORLD)
+        return self._cidr.by_key.get(p)
+
     def cidr_prefix(self, identity: int) -> str | None:
         return self._cidr.by_id.get(identity)
 

@@ -144,8 +144,18 @@ def parse_documents(text: str, source: str = "<stdin>") -> list[Manifest]:
         name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
         if name:
             where = f"{source}: {kind} {name!r}"
+        from tendril.policy import PolicyValidationError, is_policy_document, parse_policy_object
+
+        if is_policy_document(doc):  # CiliumNetworkPolicy & co. may share a file with pods
+            try:
+                out.append(parse_policy_object(doc, source, i))  # type: ignore[arg-type]
+            except PolicyValidationError as e:
+                raise InvalidInputError(str(e)) from None
+            continue
         if kind not in KINDS:
-            supported = ", ".join(KINDS)
+            supported = ", ".join(
+                [*KINDS, "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy"]
+            )
             raise InvalidInputError(f"{where}: unsupported kind {kind!r} (supported: {supported})")
         try:
             obj = KINDS[kind].model_validate(doc)

@@ -232,6 +232,44 @@ def _create_node(spec: LabSpec, info: NodeInfo, br_idx: int) -> None:
         veth.add_address(ipr, HOST_IFNAME, info.router_v6, 128, nodad=True)
 
 
+# "The world": a lab namespace that stands in for the internet, with documentation addresses.
+WORLD_CIDR = IPv4Network("203.0.113.0/24")
+WORLD_UNDERLAY_OFFSET = 254  # its address on the underlay: <underlay>.254
+
+
+def world_netns_name(lab: str) -> str:
+    return f"{NETNS_PREFIX}{lab}-world"
+
+
+def world_underlay_ip(spec: LabSpec) -> IPv4Address:
+    return IPv4Network(spec.underlay).network_address + WORLD_UNDERLAY_OFFSET
+
+
+def _create_world(spec: LabSpec, infos: list[NodeInfo], br_idx: int) -> None:
+    """The world namespace answers every 203.0.113.0/24 address (they sit on its lo), routes the
+    pod CIDRs back to their nodes, and has no other route: it is as sealed as the rest of the lab."""
+    ns = world_netns_name(spec.name)
+    _netns.create(ns)
+    root_if = f"{spec.name}-w"
+    wip = world_underlay_ip(spec)
+    with _netns.iproute(None) as root_ipr, _netns.iproute(ns) as ipr:
+        root_end, world_end = veth.get_link(root_ipr, root_if), veth.get_link(ipr, NODE_UPLINK)
+        if not (root_end and world_end and root_end.peer_ifindex == world_end.ifindex):
+            veth.delete_link(root_ipr, root_if)
+            veth.delete_link(ipr, NODE_UPLINK)
+            veth.create_veth(root_ipr, root_if, NODE_UPLINK, peer_netns=ns, mtu=spec.mtu)
+        veth.set_up(root_ipr, root_if, master=br_idx)
+        veth.set_up(ipr, "lo")
+        veth.set_up(ipr, NODE_UPLINK)
+        veth.add_address(ipr, NODE_UPLINK, wip, IPv4Network(spec.underlay).prefixlen)
+        veth.add_address(ipr, "lo", WORLD_CIDR.network_address + 1, WORLD_CIDR.prefixlen)
+        for info in infos:
+            veth.replace_route(ipr, info.pod_cidr_v4, gateway=info.underlay_ip)
+    for info in infos:
+        with _netns.iproute(info.netns) as ipr:
+            veth.replace_route(ipr, WORLD_CIDR, gateway=wip)
+
+
 def create_lab(spec: LabSpec) -> list[NodeInfo]:
     """Build (or converge) the lab; idempotent.  Returns the nodes' addressing."""
     spec.validate()
@@ -239,6 +277,7 @@ def create_lab(spec: LabSpec) -> list[NodeInfo]:
     infos = [node_info(spec, i) for i in range(1, spec.nodes + 1)]
     for info in infos:
         _create_node(spec, info, br_idx)
+    _create_world(spec, infos, br_idx)
     return infos
 
 
@@ -274,7 +313,7 @@ def destroy_lab(lab: str) -> None:
         except Exception as exc:
             errors.append(f"netns {name}: {exc}")
     with _netns.iproute(None) as ipr:
-        veth_re = re.compile(rf"^{re.escape(lab)}-n\d+$")
+        veth_re = re.compile(rf"^{re.escape(lab)}-(n\d+|w)$")
         for link in ipr.get_links():
             ifname = link.get("IFLA_IFNAME") or ""
             if veth_re.match(ifname) or ifname == bridge_name(lab):

@@ -67,7 +67,13 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
         out = []
         for f in rows_to_protos(rows, self.ctx.tables):
             if mask:
+                full = f
                 f = apply_field_mask(f, mask)
+                if full.event_type.type == 5 and "event_type" in mask:
+                    # A policy verdict is unreadable without its direction and match type, which the
+                    # hubble CLI's default mask leaves out: keep them with the event type.
+                    f.traffic_direction = full.traffic_direction
+                    f.policy_match_type = full.policy_match_type
             out.append(observer_pb2.GetFlowsResponse(flow=f, node_name=self.ctx.node_name, time=f.time))
         return out
 

@@ -16,8 +16,11 @@ from tendril.hubble import record as rec
 
 EVENT_DROP = 1
 EVENT_TRACE = 4
+EVENT_POLICY_VERDICT = 5
 EVF_IS_REPLY = 1 << 0
 EVF_INGRESS = 1 << 4
+EVF_POLICY_DENY = 1 << 5
+EVF_POLICY_AUDIT = 1 << 6
 
 # Cilium monitor trace points -> flow.TraceObservationPoint (only TO_LXC differs: 0 -> TO_ENDPOINT 101)
 _TRACE_POINT_MAP = np.arange(256, dtype=np.uint8)
@@ -87,14 +90,20 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     flags = records["flags"]
     is_drop = etype == EVENT_DROP
     is_trace = etype == EVENT_TRACE
+    is_verdict = etype == EVENT_POLICY_VERDICT
 
     rows["time_ns"] = records["ts_ns"].astype(np.int64) + wall_offset_ns
     rows["uuid"] = random_uuids(n)
     rows["node"] = node_id
-    rows["verdict"] = np.where(is_drop, rec.DROPPED, rec.FORWARDED)
+    verdict = np.where(is_drop, rec.DROPPED, rec.FORWARDED)
+    # policy verdicts: denied -> DROPPED, denied in audit mode -> AUDIT, allowed -> FORWARDED
+    verdict = np.where(is_verdict & ((flags & EVF_POLICY_DENY) != 0), rec.DROPPED, verdict)
+    verdict = np.where(is_verdict & ((flags & EVF_POLICY_AUDIT) != 0), rec.AUDIT, verdict)
+    rows["verdict"] = verdict
     rows["flow_type"] = rec.L3_L4
     rows["event_type"] = etype
-    rows["sub_type"] = sub
+    rows["sub_type"] = np.where(is_verdict, 0, sub)  # Hubble keeps the match type in policy_match
+    rows["policy_match"] = np.where(is_verdict, sub, 0)
     rows["drop_reason"] = np.where(is_drop, sub, 0)
     rows["trace_point"] = np.where(is_trace, _TRACE_POINT_MAP[sub], 0)
     rows["ip_version"] = records["ip_version"]

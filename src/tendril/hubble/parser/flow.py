@@ -10,7 +10,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from tendril.hubble.record import EndpointMeta
+from tendril.hubble.record import VERDICT_NAMES, EndpointMeta
 from tendril.monitor import api
 
 
@@ -42,6 +42,7 @@ class Flow:
     destination: EndpointMeta | None = None
     uuid: str = ""
     flags: int = 0
+    policy_match: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     # ---- derived views -------------------------------------------------------------------------
@@ -211,7 +212,8 @@ def flow_from_row(row: Any, tables: Any) -> Flow:
         node_name=tables.string(row["node"]),
         event_type=int(row["event_type"]),
         sub_type=int(row["sub_type"]),
-        verdict="DROPPED" if int(row["verdict"]) == 2 else "FORWARDED",
+        verdict=VERDICT_NAMES[int(row["verdict"])],
+        policy_match=int(row["policy_match"]),
         ip_version=version,
         source_ip=_ip(bytes(row["src_ip"]), version),
         destination_ip=_ip(bytes(row["dst_ip"]), version),
