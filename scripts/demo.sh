@@ -39,6 +39,12 @@ s.sendto(b'hello', ('$v4', 9000)); print('udp echo from $v4:9000:', s.recvfrom(1
   fi
 done <<< "$ips"
 
+step "policy: the intruder pod is not allowed to reach echo (CiliumNetworkPolicy echo-from-client)"
+echo_ip=$(awk '$1 == "echo" {print $2; exit}' <<< "$ips")
+tendril exec -n demo intruder -- tendril workload curl -s --connect-timeout 1 "http://$echo_ip:8080/" || true
+tendril observe -n demo --type drop --last 2
+tendril observe -n demo --type policy-verdict --last 4
+
 step "tendril hubble observe --last 30 (flows from the eBPF ring buffer, via the Hubble Observer API)"
 sleep 0.3
 tendril hubble observe --last 30
@@ -46,6 +52,8 @@ step "tendril hubble status"
 tendril hubble status
 step "tendril endpoint list"
 tendril endpoint list
+step "tendril policy get"
+tendril policy get | tail -n 1
 step "tendril bpf metrics list"
 tendril bpf metrics list
 printf '\nThe lab stays up: try `tendril monitor`, `tendril bpf ct list global`, `tendril exec -n demo client -- ...`.\n'

@@ -529,3 +529,28 @@ def test_bad_policy_names_the_problem_and_changes_nothing(lab: Lab, net: Net, te
     assert tendril("policy", "get", "-o", "json", "--lab", lab.name).stdout == before
     assert not net.can("alpha/client", "tcp", "alpha/server", 8080)  # the earlier policy still enforced
     assert net.can("alpha/client", "tcp", "world", 80)  # and the bad file's first policy is not
+
+
+def test_world_entity_ingress_and_l7_rules_reported(lab: Lab, net: Net) -> None:
+    srv = net.ip("alpha/server")
+    apply_policy(
+        lab, cnp("server-in", "alpha", "  endpointSelector: {matchLabels: {app: server}}\n  ingress: [{}]\n")
+    )
+    assert net.probe("world", [("tcp", srv, 8080)]) == [False]
+    out = apply_policy(
+        lab,
+        cnp(
+            "server-in",
+            "alpha",
+            """  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEntities: [world]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules: {http: [{method: GET, path: "/"}]}
+""",
+        ),
+    )
+    assert "L7 rule not yet enforced" in out
+    assert net.probe("world", [("tcp", srv, 8080)]) == [True]  # the L3/L4 part is enforced
+    assert net.probe("alpha/client", [("tcp", srv, 8080)]) == [False]

@@ -31,6 +31,9 @@ def _workloads(ep: EndpointRecord) -> tuple[tuple[str, str], ...]:
     return ((ep.pod, "Pod"),)
 
 
+_ROUTER_LL = ipaddress.IPv6Address("fe80::1").packed  # the node side of every pod veth
+
+
 class EndpointManager:
     def __init__(self, config: NodeConfig, state: NodeState, datapath: Datapath, tables: Tables) -> None:
         self.config = config
@@ -79,7 +82,7 @@ class EndpointManager:
             return 0
         ip = ipaddress.IPv4Address(raw[:4]) if raw[4:] == bytes(12) else ipaddress.IPv6Address(raw)
         # fe80::1 is the node's router on every veth: the host
-        ident = 1 if ip.version == 6 and ip.is_link_local else self.policy.ipcache.lookup(ip)
+        ident = 1 if raw == _ROUTER_LL else self.policy.ipcache.lookup(ip)
         labels = tuple(sorted(self.policy.alloc.lookup(ident) or ()))
         return self.tables.endpoints.intern(EndpointMeta(identity=ident, labels=labels))
 
