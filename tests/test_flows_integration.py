@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -130,14 +131,17 @@ s.close()
         assert f["source"]["pod_name"] == "server"
     # the observe command renders them the hubble way
     out = lab.run("observe", "--last", "1000").stdout
-    assert (
-        f"flows/client:{sport} (init) -> flows/server:8080 (init) from-endpoint FORWARDED (TCP Flags: SYN)"
-        in out
-    )
-    assert (
-        f"flows/client:{sport} (init) <- flows/server:8080 (init) to-endpoint FORWARDED (TCP Flags: SYN, ACK)"
-        in out
-    )
+    ident = r"\(ID:\d+\)"  # identities from the pods' labels
+    assert re.search(
+        rf"flows/client:{sport} {ident} -> flows/server:8080 {ident} from-endpoint FORWARDED "
+        r"\(TCP Flags: SYN\)",
+        out,
+    ), out
+    assert re.search(
+        rf"flows/client:{sport} {ident} <- flows/server:8080 {ident} to-endpoint FORWARDED "
+        r"\(TCP Flags: SYN, ACK\)",
+        out,
+    ), out
 
 
 @pytest.mark.parametrize("family", [4, 6])
