@@ -554,3 +554,23 @@ def test_world_entity_ingress_and_l7_rules_reported(lab: Lab, net: Net) -> None:
     assert "L7 rule not yet enforced" in out
     assert net.probe("world", [("tcp", srv, 8080)]) == [True]  # the L3/L4 part is enforced
     assert net.probe("alpha/client", [("tcp", srv, 8080)]) == [False]
+
+
+def test_udp_and_ipv6_rules(lab: Lab, net: Net) -> None:
+    apply_policy(
+        lab,
+        cnp(
+            "udp-only",
+            "alpha",
+            """  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "9000", protocol: UDP}]}]
+""",
+        ),
+    )
+    srv4, srv6 = net.ip("alpha/server"), net.ip("alpha/server", 6)
+    assert net.probe(
+        "alpha/client", [("udp", srv4, 9000), ("udp", srv6, 9000), ("tcp", srv4, 8080), ("tcp", srv6, 8080)]
+    ) == [True, True, False, False]
+    assert net.probe("alpha/other", [("udp", srv4, 9000), ("udp", srv6, 9000)]) == [False, False]

@@ -33,6 +33,45 @@ def udp_echo(port: int) -> None:
     serve(port)
 
 
+@workload.command("dns-server")
+@click.option("--port", default=53, show_default=True, help="UDP and TCP port (0 = any free port).")
+@click.option(
+    "--records",
+    "records_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="JSON records file (rewritten atomically by the agent; re-read when it changes).",
+)
+@click.option("--domain", default="cluster.local", show_default=True, help="Cluster domain.")
+@click.option(
+    "--upstream",
+    type=click.Choice(["none"]),
+    default="none",
+    show_default=True,
+    help="Forwarding for other names: none (the lab is sealed; they get REFUSED).",
+)
+@click.option(
+    "--listen",
+    multiple=True,
+    help="Address to listen on (repeatable).  [default: 0.0.0.0 and ::]",
+)
+@click.option("--ttl", default=5, show_default=True, type=click.IntRange(0, 86400), help="Record TTL, s.")
+@click.option("--log-queries", is_flag=True, help="Log every query and its answer.")
+def dns_server(
+    port: int,
+    records_path: str,
+    domain: str,
+    upstream: str,
+    listen: tuple[str, ...],
+    ttl: int,
+    log_queries: bool,
+) -> None:
+    """Cluster DNS: <svc>.<ns>.svc.<domain> A/AAAA/SRV/PTR from a records file."""
+    from tendril.workload.dns_server import main
+
+    main(records_path, port, domain, listen, ttl, log_queries)
+
+
 @workload.command()
 @click.argument("url")
 @click.option("--connect-timeout", default=2.0, show_default=True)
