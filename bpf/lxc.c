@@ -9,6 +9,15 @@
  * Both run the same pipeline; the hook constant selects the differences
  * and, being constant, lets the compiler specialise each program. Each
  * enforces the policy of its own direction (egress, ingress).
+ *
+ * NodePort replies: tnd_from_container translates the reply of a connection
+ * that tnd_from_netdev (sock.c) DNATed to this pod back to the frontend
+ * (lb.h, tnd_lb_rev_nat) after conntrack and policy, which therefore see
+ * the pod's own addresses (and the source IP check its own source), and
+ * redirects it out of the device the request came in on: routed by the
+ * kernel instead, a reply whose source is now a node address would be
+ * dropped as a martian. Only CT replies are looked up; the packet's event
+ * shows it as the pod sent it.
  */
 #include "common.h"
 #include "maps.h"
@@ -17,6 +26,7 @@
 #include "conntrack.h"
 #include "policy.h"
 #include "verdict.h"
+#include "lb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -25,7 +35,8 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	const struct tnd_endpoint_info *ep;
 	struct tnd_settings settings;
 	struct tnd_pkt p = {};
-	int reason;
+	__u32 redirect = 0;
+	int reason, ret;
 
 	/* 1. Ours? Packets of other interfaces pass untouched. */
 	ep = tnd_endpoint_lookup(skb->ifindex);
@@ -61,8 +72,20 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	if (reason)
 		goto drop;
 
-	/* 7. Count, trace as the level says, forward. */
-	return tnd_forward(skb, &p, h, settings.trace_level);
+	/* 7. A NodePort reply: source back to the frontend (lb.h). */
+	if (h->obs_point == TND_TRACE_FROM_LXC && p.ct_state == TND_CT_REPLY) {
+		ret = tnd_lb_rev_nat(skb, &p, &redirect);
+		if (ret < 0) {
+			reason = TND_DROP_WRITE_ERROR;
+			goto drop;
+		}
+	}
+
+	/* 8. Count, trace as the level says, forward. */
+	ret = tnd_forward(skb, &p, h, settings.trace_level);
+	if (redirect)
+		return bpf_redirect_neigh(redirect, NULL, 0, 0);
+	return ret;
 
 drop:	/* one exit for every drop: one inlined copy of the event code */
 	return tnd_drop(skb, &p, h, reason);

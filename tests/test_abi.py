@@ -102,6 +102,11 @@ _PREFIXES: list[tuple[str, object]] = [
     ("TND_ID_", abi.Identity),
     ("TND_MATCH_", abi.MatchType),
     ("TND_SETTINGS_", abi.SettingsFlags),
+    ("TND_XLATE_", abi.SockXlatePoint),
+    ("TND_SVC_", abi.ServiceFlags),
+    ("TND_BACKEND_", abi.BackendState),
+    ("TND_LB_AFF_", abi.LbAffinityFlags),
+    ("TND_LB_NAT_", abi.LbNatDir),
 ]
 
 # #defines mirrored as module-level constants of tendril.bpf.abi (name without TND_).
@@ -110,6 +115,13 @@ _MODULE_CONSTANTS = {
     "TND_POLICY_MAX_ENTRIES",
     "TND_POLICY_ENDPOINTS",
     "TND_IPCACHE_MAX_ENTRIES",
+    "TND_LB_SERVICES_MAX",
+    "TND_LB_BACKENDS_MAX",
+    "TND_LB_AFFINITY_MAX",
+    "TND_LB_SOCK_REVNAT_MAX",
+    "TND_LB_NAT_MAX",
+    "TND_LB_CGROUPS_MAX",
+    "TND_MAGLEV_DEFAULT_M",
 }
 
 
@@ -158,6 +170,14 @@ def test_names_and_dtypes():
         "settings": "tnd_settings",
         "ipcache": "tnd_ipcache",
         "policy": "tnd_policy",
+        "lb_services": "tnd_lb_services",
+        "lb_backends": "tnd_lb_backends",
+        "lb_revnat": "tnd_lb_revnat",
+        "lb_maglev": "tnd_lb_maglev",
+        "lb_affinity": "tnd_lb_affinity",
+        "lb_sock_revnat": "tnd_lb_sock_revnat",
+        "lb_nat": "tnd_lb_nat",
+        "lb_cgroups": "tnd_lb_cgroups",
     }
     assert abi.MAP_IPCACHE == "tnd_ipcache" and abi.MAP_POLICY == "tnd_policy"
     assert abi.PROGRAM_NAMES == ("tnd_from_container", "tnd_to_container")
@@ -230,3 +250,40 @@ def test_policy_entries_any_protocol_and_any_port():
         abi.policy_entries_for_port_range(500, True, 6, 90, 80)
     m = abi.policy_enforced_key(False)
     assert (m["identity"], m["egress"], m["prefixlen"]) == (0xFFFFFFFF, 0, 64)
+
+
+def test_lb_builders_and_byte_order():
+    # ports are network order in every LB struct (as the socket hooks and packets carry them)
+    k = abi.lb_key("10.96.0.10", 80, 6, slot=2)
+    vip = bytes([10, 96, 0, 10]) + bytes(12)
+    assert k.tobytes() == vip + b"\x00\x50" + bytes([6, 4]) + b"\x02\x00" + bytes(2)
+    w = abi.lb_key(None, 30080, 17, family=6)  # NodePort wildcard
+    assert bytes(w["addr"]) == bytes(16) and w["family"] == 6 and w["port"] == 30080
+    k6 = abi.lb_key("fd00:10:96::a", 53, 17)
+    assert k6["family"] == 6 and bytes(k6["addr"]) == bytes.fromhex("fd00001000960000000000000000000a")
+    m = abi.lb_master(3, 7, abi.ServiceFlags.NODEPORT | abi.ServiceFlags.MAGLEV, 10800)
+    assert (m["count"], m["rev_nat_id"], m["flags"], m["affinity_timeout_s"]) == (3, 7, 0b1010, 10800)
+    assert abi.lb_slot(42)["backend_id"] == 42
+    b = abi.lb_backend("fd00::5", 8080, 6, abi.BackendState.TERMINATING)
+    assert b.tobytes()[16:21] == b"\x1f\x90" + bytes([6, 6, 1])
+    nk = abi.lb_nat_key("198.18.0.9", "10.0.1.5", 40000, 30080, 6, abi.LbNatDir.FWD)
+    assert nk.tobytes()[32:] == (40000).to_bytes(2, "big") + (30080).to_bytes(2, "big") + bytes([6, 4, 1, 0])
+    assert abi.lb_cgroup(77).tobytes() == (77).to_bytes(2, "little") + bytes(6)
+    assert abi.lb_revnat("10.96.0.10", 80).tobytes() == vip + b"\x00\x50\x04\x00"
+
+
+def test_lb_sock_program_attach_types():
+    from tendril.bpf import AttachType
+
+    expected = {
+        "tnd_sock4_connect": AttachType.CGROUP_INET4_CONNECT,
+        "tnd_sock6_connect": AttachType.CGROUP_INET6_CONNECT,
+        "tnd_sock4_sendmsg": AttachType.CGROUP_UDP4_SENDMSG,
+        "tnd_sock6_sendmsg": AttachType.CGROUP_UDP6_SENDMSG,
+        "tnd_sock4_recvmsg": AttachType.CGROUP_UDP4_RECVMSG,
+        "tnd_sock6_recvmsg": AttachType.CGROUP_UDP6_RECVMSG,
+        "tnd_sock4_getpeername": AttachType.CGROUP_INET4_GETPEERNAME,
+        "tnd_sock6_getpeername": AttachType.CGROUP_INET6_GETPEERNAME,
+    }
+    assert {k: int(v) for k, v in expected.items()} == abi.SOCK_PROGRAMS
+    assert abi.PROG_FROM_NETDEV == "tnd_from_netdev"

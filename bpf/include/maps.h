@@ -109,4 +109,94 @@ struct {
 	__array(values, struct tnd_policy_inner);
 } tnd_policy SEC(".maps");
 
+/*
+ * ---- Service load balancing (tendril_abi.h describes keys and values; lb.h the datapath) ----
+ * Declared here so every object (lxc.o, sock.o) pins and reuses the same maps by name. The maps the
+ * agent writes are not preallocated (memory follows the number of services); the ones the datapath
+ * writes are LRU (a full table evicts the coldest entry instead of failing a connection), which the
+ * kernel always preallocates.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TND_LB_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct tnd_lb_key);
+	__type(value, struct tnd_lb_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TND_LB_BACKENDS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);                     /* backend ID (0 is never a backend) */
+	__type(value, struct tnd_lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TND_LB_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);                     /* rev_nat_id */
+	__type(value, struct tnd_lb_revnat);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_revnat SEC(".maps");
+
+/*
+ * Maglev: rev_nat_id -> that service's lookup table, an ARRAY of backend IDs whose size M (a prime,
+ * usually TND_MAGLEV_DEFAULT_M) the agent chooses per table. BPF_F_INNER_MAP on the template and on
+ * every inner map is what lets inner arrays differ in max_entries; the program reads M from the inner
+ * map itself. Sizes instead of __type(), as for tnd_policy (libbpf 1.1 and nested BTF types).
+ */
+struct tnd_lb_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TND_MAGLEV_DEFAULT_M);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, TND_LB_SERVICES_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u16);                     /* rev_nat_id */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct tnd_lb_maglev_inner);
+} tnd_lb_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TND_LB_AFFINITY_MAX);
+	__type(key, struct tnd_lb_affinity_key);
+	__type(value, struct tnd_lb_affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TND_LB_SOCK_REVNAT_MAX);
+	__type(key, struct tnd_lb_sock_key);
+	__type(value, struct tnd_lb_sock_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_sock_revnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TND_LB_NAT_MAX);
+	__type(key, struct tnd_lb_nat_key);
+	__type(value, struct tnd_lb_nat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_nat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TND_LB_CGROUPS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);                     /* cgroup v2 id */
+	__type(value, struct tnd_lb_cgroup);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_cgroups SEC(".maps");
+
 #endif /* TND_MAPS_H */

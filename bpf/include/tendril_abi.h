@@ -17,6 +17,7 @@
 #define TND_EVENT_DROP            1
 #define TND_EVENT_TRACE           4
 #define TND_EVENT_POLICY_VERDICT  5
+#define TND_EVENT_TRACE_SOCK      7   /* socket LB translation (Hubble trace-sock) */
 
 /* ---- trace observation points (Cilium monitor TRACE_*) ---- */
 #define TND_TRACE_TO_LXC      0   /* to-endpoint   */
@@ -38,10 +39,12 @@
 #define TND_DROP_INVALID_PACKET          134
 #define TND_DROP_CT_TRUNCATED            135
 #define TND_DROP_UNSUPPORTED_L3          139
+#define TND_DROP_WRITE_ERROR             141  /* "Error writing to packet" (NAT rewrite failed) */
 #define TND_DROP_UNKNOWN_L4              142
 #define TND_DROP_CT_MAP_INSERTION_FAILED 155
 #define TND_DROP_INVALID_IPV6_EXTHDR     156
 #define TND_DROP_POLICY_DENY             181  /* "Policy denied by denylist": a deny rule matched */
+#define TND_DROP_NO_SERVICE_BACKEND      158  /* "Service backend not found" */
 
 /* ---- security identities (Cilium numbering) ---- */
 #define TND_ID_UNKNOWN         0
@@ -250,5 +253,157 @@ struct tnd_policy_value {
 #define TND_POLICY_MAX_ENTRIES 16384  /* per endpoint, like Cilium's bpf-policy-map-max */
 #define TND_POLICY_ENDPOINTS   4096   /* outer array size: endpoint IDs 0..4095 */
 #define TND_IPCACHE_MAX_ENTRIES 512000
+
+/*
+ * ---- Service load balancing (kube-proxy replacement), Cilium's shape ----
+ *
+ * tnd_lb_services (HASH): tnd_lb_key -> tnd_lb_value. For every frontend (VIP or node address +
+ * port + protocol) slot 0 is the service "master" entry (count = number of backends, flags,
+ * rev_nat_id, affinity timeout) and slots 1..count hold backend IDs, as `cilium-dbg bpf lb list`
+ * shows them (slots use backend_id only; the agent writes the slots before the master entry, so a
+ * count never points past them). NodePort services also get a frontend with the all-zero address
+ * meaning "any local node address" (the packet LB uses it; the socket LB ignores it). The socket LB
+ * translates every exact frontend, whatever its flags (ClusterIP VIPs, and node-address NodePort
+ * frontends if the agent writes them); the packet LB only frontends flagged TND_SVC_NODEPORT.
+ * tnd_lb_backends (HASH): backend_id -> tnd_lb_backend.
+ * tnd_lb_revnat (HASH): rev_nat_id -> tnd_lb_revnat (the frontend, to translate replies back).
+ *   Kept by the agent for listings; the datapath does not read it: its reverse translations use
+ *   tnd_lb_sock_revnat and tnd_lb_nat, which hold the exact frontend the client used (for a NodePort
+ *   reached through the wildcard, the node address it was reached by).
+ * tnd_lb_maglev (HASH_OF_MAPS): rev_nat_id -> inner ARRAY (BPF_F_INNER_MAP, any prime size M) of
+ *   backend IDs; used when the service has TND_SVC_MAGLEV: backend = table[hash % M].
+ * tnd_lb_affinity (LRU_HASH): tnd_lb_affinity_key -> tnd_lb_affinity_value (sessionAffinity ClientIP).
+ * tnd_lb_sock_revnat (LRU_HASH): tnd_lb_sock_key -> tnd_lb_sock_value (socket cookie + backend ->
+ *   the VIP the application asked for: recvmsg/getpeername show the service address).
+ * tnd_lb_nat (LRU_HASH): packet-LB (NodePort) connections, two entries each, written by
+ *   tnd_from_netdev: dir TND_LB_NAT_FWD keyed by the client's tuple (client -> frontend, as it
+ *   arrives) -> the backend, so every later packet of the connection goes to the same backend; dir
+ *   TND_LB_NAT_REV keyed by the reply tuple (backend -> client) -> the frontend address and port the
+ *   client used, so tnd_from_container can SNAT the reply back (and redirect it out of ifindex).
+ * tnd_lb_cgroups (HASH): cgroup v2 id (the inode number of the pod's cgroup directory, what
+ *   bpf_get_current_cgroup_id() returns for its processes) -> tnd_lb_cgroup (the pod's endpoint ID
+ *   for socket-LB events; 0 when the cgroup has no entry).
+ *
+ * Affinity keys: packet LB uses the client address (flags 0); socket LB has no client address yet
+ * when connect() runs, so it keys by the client's network namespace (client = bpf_get_netns_cookie()
+ * as 8 little-endian bytes, rest zero, flags TND_LB_AFF_NETNS), as Cilium does.
+ *
+ * Trace-sock events (TND_EVENT_TRACE_SOCK): subtype = TND_XLATE_*; saddr/sport = 0 (socket not bound
+ * yet) or the bound source, daddr/dport = the VIP (PRE) or the chosen backend (POST), l4_proto, ep_id
+ * of the pod (from tnd_lb_cgroups), hash = the socket cookie's low 32 bits, ifindex and pkt_len 0,
+ * remote_id = ipcache identity of daddr, flags as usual. Verdict TRANSLATED in Hubble. Drops of the
+ * socket LB (TND_DROP_NO_SERVICE_BACKEND: the service has no backend) have the same fields with the
+ * VIP as daddr.
+ */
+#define TND_XLATE_PRE_FWD   1  /* Hubble SOCK_XLATE_POINT_PRE_DIRECTION_FWD  */
+#define TND_XLATE_POST_FWD  2  /* Hubble SOCK_XLATE_POINT_POST_DIRECTION_FWD */
+#define TND_XLATE_PRE_REV   3
+#define TND_XLATE_POST_REV  4
+
+#define TND_SVC_CLUSTERIP  (1 << 0)
+#define TND_SVC_NODEPORT   (1 << 1)
+#define TND_SVC_AFFINITY   (1 << 2)  /* sessionAffinity: ClientIP */
+#define TND_SVC_MAGLEV     (1 << 3)  /* pick with the Maglev table instead of random */
+
+#define TND_BACKEND_ACTIVE       0
+#define TND_BACKEND_TERMINATING  1  /* existing connections finish, new ones never pick it */
+
+struct tnd_lb_key {
+	__u8  addr[16];     /* IPv4 in the first 4 bytes; all zero = any local node address (NodePort) */
+	__be16 port;
+	__u8  proto;        /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8  family;       /* 4 or 6 */
+	__u16 slot;         /* 0 = master entry, 1..count = backends */
+	__u16 pad;
+};
+
+struct tnd_lb_value {
+	__u32 backend_id;   /* slots > 0 */
+	__u16 count;        /* slot 0: number of active backends */
+	__u16 rev_nat_id;
+	__u32 flags;        /* slot 0: TND_SVC_* */
+	__u32 affinity_timeout_s;
+};
+
+struct tnd_lb_backend {
+	__u8  addr[16];
+	__be16 port;
+	__u8  proto;
+	__u8  family;
+	__u8  state;        /* TND_BACKEND_* */
+	__u8  pad[3];
+};
+
+struct tnd_lb_revnat {
+	__u8  addr[16];
+	__be16 port;
+	__u8  family;
+	__u8  pad;
+};
+
+struct tnd_lb_affinity_key {
+	__u8  client[16];   /* client address, or the netns cookie (TND_LB_AFF_NETNS) */
+	__u16 rev_nat_id;
+	__u8  family;
+	__u8  flags;        /* TND_LB_AFF_* */
+};
+#define TND_LB_AFF_NETNS  (1 << 0)  /* client holds a netns cookie (socket LB), not an address */
+
+struct tnd_lb_affinity_value {
+	__u32 backend_id;
+	__u32 last_used_s;  /* bpf_ktime_get_coarse_ns() / 1e9 */
+};
+
+struct tnd_lb_sock_key {
+	__u64 cookie;       /* bpf_get_socket_cookie */
+	__u8  addr[16];     /* backend address */
+	__be16 port;        /* backend port */
+	__u8  family;
+	__u8  pad[5];
+};
+
+struct tnd_lb_sock_value {
+	__u8  addr[16];     /* the VIP */
+	__be16 port;
+	__u16 rev_nat_id;
+	__u32 pad;
+};
+
+#define TND_LB_NAT_FWD  1  /* key: client -> frontend tuple; value: the backend            */
+#define TND_LB_NAT_REV  2  /* key: backend -> client tuple; value: the frontend (rev. NAT) */
+
+struct tnd_lb_nat_key {
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8  proto;
+	__u8  family;       /* 4 or 6 */
+	__u8  dir;          /* TND_LB_NAT_FWD / TND_LB_NAT_REV */
+	__u8  pad;
+};
+
+struct tnd_lb_nat_value {
+	__u8  addr[16];     /* FWD: the backend; REV: the frontend address the client used */
+	__be16 port;        /* FWD: backend port; REV: frontend port */
+	__u16 rev_nat_id;
+	__u32 backend_id;
+	__u32 ifindex;      /* REV: device the request arrived on (the reply leaves through it) */
+	__u32 pad;
+};
+
+struct tnd_lb_cgroup {
+	__u16 ep_id;
+	__u16 pad0;
+	__u32 pad1;
+};
+
+#define TND_LB_SERVICES_MAX   65536
+#define TND_LB_BACKENDS_MAX   65536
+#define TND_LB_AFFINITY_MAX   65536
+#define TND_LB_SOCK_REVNAT_MAX 262144
+#define TND_LB_NAT_MAX        262144
+#define TND_LB_CGROUPS_MAX    4096
+#define TND_MAGLEV_DEFAULT_M  16381
 
 #endif /* TENDRIL_ABI_H */

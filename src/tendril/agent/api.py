@@ -154,7 +154,20 @@ def build_app(agent: Agent) -> Starlette:
     async def bpf_policy(request: Request) -> Response:
         return await call(agent.policy.policy_map, int(request.path_params["ep"]))
 
+    async def services(request: Request) -> Response:
+        return await call(agent.services.list)
+
+    async def service_apply(request: Request) -> Response:
+        b = await request.json()
+        return await call(agent.services.apply_text, b["text"], b.get("source", "<stdin>"))
+
+    async def service_delete(request: Request) -> Response:
+        return await call(agent.services.delete, request.path_params["ns"], request.path_params["name"])
+
     routes = [
+        Route("/v1/services", services),
+        Route("/v1/services", service_apply, methods=["PUT"]),
+        Route("/v1/services/{ns}/{name}", service_delete, methods=["DELETE"]),
         Route("/v1/policies", policies),
         Route("/v1/policies", policy_import, methods=["PUT"]),
         Route("/v1/policies/{kind}/{ns}/{name}", policy_delete, methods=["DELETE"]),

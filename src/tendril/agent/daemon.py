@@ -64,11 +64,17 @@ class Agent:
         self.ring = FlowRing(self.config.hubble_buffer_capacity)
         self.endpoints = EndpointManager(self.config, self.state, self.datapath, self.tables)
         self.endpoints.policy = self.policy
+        self._attach_services()
         failed = self.endpoints.restore()
         if failed:
             log.warning("endpoints not restored: %s", ", ".join(failed))
         self.policy.sync()
         self.pods = PodManager(self.config, self.state, self.endpoints)
+        from tendril.agent.services import ServiceEngine
+
+        self.services = ServiceEngine(self)
+        self.endpoints.services = self.services
+        self.services.sync()
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
         node_id = self.tables.strings.intern(self.config.name)
         self.pump = EventPump(reader, self.ring, node_id, self.endpoints)
@@ -146,6 +152,18 @@ class Agent:
             self._count_lost("perf_event_ring_buffer", total - self._kernel_lost_seen)
         self._kernel_lost_seen = total
 
+    def _attach_services(self) -> None:
+        from tendril.datapath import cgroup, veth
+        from tendril.datapath import netns as netns_mod
+
+        node_cg = cgroup.create(cgroup.node_cgroup_path(self.config.name))
+        ifindex = None
+        if self.config.netns:
+            with netns_mod.iproute(self.config.netns) as ipr:
+                link = veth.get_link(ipr, "eth0")
+                ifindex = link.ifindex if link else None
+        self.datapath.attach_services(node_cg, ifindex)
+
     async def _gc_loop(self, interval: float = 10.0) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -155,6 +173,7 @@ class Agent:
                 self.pods.reap_all()
                 self._poll_kernel_lost()
                 self.observability.expire()
+                self.services.sync()  # pods that died or came back change the backends
 
     # ---- operations used by the API ------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -241,10 +260,13 @@ class Agent:
         containers: list[dict[str, Any]],
         owner: str,
     ) -> dict[str, Any]:
-        return {"result": self.pods.apply(ns, name, labels, annotations, containers, owner)}
+        result = self.pods.apply(ns, name, labels, annotations, containers, owner)
+        self.services.sync()  # a new or changed pod may be a service backend
+        return {"result": result}
 
     def pod_delete(self, ns: str, name: str) -> dict[str, Any]:
         self.pods.delete(ns, name)
+        self.services.sync()
         return {"result": "deleted"}
 
     def ct_list(self) -> list[dict[str, Any]]:

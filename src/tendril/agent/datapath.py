@@ -16,6 +16,7 @@ import numpy as np
 
 from tendril.bpf import BpfObject, Link, TypedMap, abi, attach_tc
 from tendril.bpf.bpffs import ensure_bpffs
+from tendril.bpf.links import AttachType, attach_cgroup
 from tendril.bpf.maps import Map
 from tendril.common import paths
 from tendril.common.errors import TendrilError
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 
 U32 = np.dtype("<u4")
 DIRECTIONS = (("ingress", "tnd_from_container"), ("egress", "tnd_to_container"))
+# Socket LB: attached once to the node's cgroup, so every pod cgroup below it inherits them.
+SOCK_PROGRAMS = (
+    ("tnd_sock4_connect", AttachType.CGROUP_INET4_CONNECT),
+    ("tnd_sock6_connect", AttachType.CGROUP_INET6_CONNECT),
+    ("tnd_sock4_sendmsg", AttachType.CGROUP_UDP4_SENDMSG),
+    ("tnd_sock6_sendmsg", AttachType.CGROUP_UDP6_SENDMSG),
+    ("tnd_sock4_recvmsg", AttachType.CGROUP_UDP4_RECVMSG),
+    ("tnd_sock6_recvmsg", AttachType.CGROUP_UDP6_RECVMSG),
+    ("tnd_sock4_getpeername", AttachType.CGROUP_INET4_GETPEERNAME),
+    ("tnd_sock6_getpeername", AttachType.CGROUP_INET6_GETPEERNAME),
+)
 
 
 class Datapath:
@@ -60,6 +72,53 @@ class Datapath:
         if self.obj is not None:
             self.obj.close()
             self.obj = None
+        if getattr(self, "sock_obj", None) is not None:
+            self.sock_obj.close()
+            self.sock_obj = None
+
+    # ---- service load balancing ----------------------------------------------------------------
+    def attach_services(self, node_cgroup: Path, netdev_ifindex: int | None) -> None:
+        """Load sock.o (it shares the pinned maps) and attach the socket LB to the node's cgroup and
+        the NodePort packet LB to the node's underlay device; pinned, so restarts re-point them."""
+        obj = BpfObject.open(paths.bpf_object_dir() / "sock.o", pin_root=self.pin_dir)
+        obj.load()
+        self.sock_obj = obj
+        self.cgroups = TypedMap(obj.map("tnd_lb_cgroups"), np.dtype("<u8"), abi.LB_CGROUP_DTYPE)
+        for name, attach_type in SOCK_PROGRAMS:
+            pin = self.link_dir / f"cgroup-{name}"
+            prog = obj.program(name)
+            if pin.exists():
+                try:
+                    link = Link.open_pinned(pin)
+                    link.update(prog)
+                    link.close()
+                    continue
+                except Exception as e:  # the cgroup was recreated: attach anew
+                    log.info("re-attaching %s: %s", name, e)
+                    pin.unlink(missing_ok=True)
+            attach_cgroup(prog, node_cgroup, attach_type, pin_path=pin).close()
+        if netdev_ifindex:
+            attach_tc(
+                obj.program("tnd_from_netdev"),
+                netdev_ifindex,
+                "ingress",
+                pin_path=self.link_dir / "netdev-ingress",
+            ).close()
+
+    def register_cgroup(self, cgroup_path: str, ep_id: int) -> None:
+        """Socket-LB events name the pod: its cgroup id (the directory's inode) -> endpoint ID."""
+        if getattr(self, "cgroups", None) is None or not cgroup_path:
+            return
+        import os
+
+        self.cgroups.update(np.uint64(os.stat(cgroup_path).st_ino), abi.lb_cgroup(ep_id))
+
+    def unregister_cgroup(self, cgroup_path: str) -> None:
+        import os
+
+        if getattr(self, "cgroups", None) is None or not cgroup_path or not os.path.exists(cgroup_path):
+            return
+        self.cgroups.delete(np.uint64(os.stat(cgroup_path).st_ino))
 
     def configure(self, trace_level: int, audit: bool = False, source_ip_check: bool = True) -> None:
         """Datapath settings: trace aggregation, PolicyAuditMode, source IP verification."""

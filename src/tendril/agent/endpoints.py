@@ -86,6 +86,40 @@ class EndpointManager:
         labels = tuple(sorted(self.policy.alloc.lookup(ident) or ()))
         return self.tables.endpoints.intern(EndpointMeta(identity=ident, labels=labels))
 
+    def endpoint_ids_by_epid(self, ep_ids: np.ndarray) -> np.ndarray:
+        """Endpoint IDs (socket-LB events know the pod by its cgroup, not an address) -> meta ids."""
+        by_id = {ep.id: ep for ep in self.state.endpoints.values()}
+        intern = self.tables.endpoints.intern
+        return np.fromiter(
+            (intern(self.meta(by_id[int(i)])) if int(i) in by_id else 0 for i in ep_ids),
+            np.uint32,
+            len(ep_ids),
+        )
+
+    def endpoint_addrs(self, ep_ids: np.ndarray, versions: np.ndarray) -> np.ndarray:
+        """The endpoints' own addresses (V16) in the given IP versions."""
+        by_id = {ep.id: ep for ep in self.state.endpoints.values()}
+        out = np.zeros(len(ep_ids), "V16")
+        for i, (ep_id, version) in enumerate(zip(ep_ids.tolist(), versions.tolist(), strict=True)):
+            ep = by_id.get(ep_id)
+            if ep is not None:
+                ip = ipaddress.ip_address(ep.ipv4 if version == 4 else ep.ipv6)
+                out[i] = np.void(ip.packed + bytes(16 - len(ip.packed)))
+        return out
+
+    def service_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Distinct (address, port, protocol) keys -> interned "namespace/name" of the service whose
+        frontend or backend it is (0 = none)."""
+        svc = getattr(self, "services", None)
+        if svc is None:
+            return np.zeros(len(keys), np.uint32)
+        intern = self.tables.strings.intern
+        out = np.zeros(len(keys), np.uint32)
+        for i, k in enumerate(keys):
+            name = svc.service_of(bytes(k["a"]), int(k["p"]), int(k["x"]))
+            out[i] = intern(name) if name else 0
+        return out
+
     def identity_of(self, meta_ids: np.ndarray) -> np.ndarray:
         ep = self.tables.endpoint
         return np.fromiter((ep(i).identity for i in meta_ids), dtype=np.uint32, count=len(meta_ids))
@@ -183,6 +217,7 @@ class EndpointManager:
             # identity, policy map and ipcache exist before the programs see the pod's first packet
             self.policy.sync(pending=ep)
         self.datapath.attach_endpoint(ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6, ep.identity)
+        self.datapath.register_cgroup(ep.cgroup, ep.id)
 
     def restore(self) -> list[str]:
         """Re-assert every recorded endpoint; returns the keys that could not be restored."""
@@ -200,6 +235,7 @@ class EndpointManager:
     def delete(self, namespace: str, pod: str) -> EndpointRecord:
         ep = self.get(namespace, pod)
         self.datapath.detach_endpoint(ep.host_ifindex, ep.host_ifname)
+        self.datapath.unregister_cgroup(ep.cgroup)
         if ep.cgroup:
             cgroup.remove(
                 cgroup.pod_cgroup_path(self.config.name, podnet.pod_key(ep.namespace, ep.pod)), kill=True

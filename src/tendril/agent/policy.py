@@ -98,9 +98,7 @@ class PolicyEngine:
     def labels_for(self, ep: EndpointRecord) -> list[str]:
         ns_labels = dict(self.state.namespaces.get(ep.namespace, {}))
         ns_labels.setdefault("kubernetes.io/metadata.name", ep.namespace)
-        return sorted(
-            identity_labels(ep.namespace, ep.labels, ns_labels, cluster="default")
-        )
+        return sorted(identity_labels(ep.namespace, ep.labels, ns_labels, cluster="default"))
 
     def _peer_named_ports(self, identity: int) -> dict[str, list[tuple[int, int]]]:
         out: dict[str, list[tuple[int, int]]] = {}

@@ -73,6 +73,7 @@ class NodeState:
     identities: dict[str, Any] = field(default_factory=dict)  # IdentityAllocator.to_dict()
     policies: dict[str, Any] = field(default_factory=dict)  # PolicyRepository.to_dict()
     policy_audit: bool = False
+    services: dict[str, Any] = field(default_factory=dict)  # ServiceManager.to_dict()
 
     def save(self) -> None:
         write_json(paths.node_state_file(self.node), asdict(self))
@@ -96,6 +97,7 @@ class NodeState:
             identities=data.get("identities", {}),
             policies=data.get("policies", {}),
             policy_audit=data.get("policy_audit", False),
+            services=data.get("services", {}),
         )
 
     def allocate_endpoint_id(self) -> int:

@@ -39,6 +39,7 @@ class EventType(IntEnum):
     DROP = 1
     TRACE = 4
     POLICY_VERDICT = 5
+    TRACE_SOCK = 7  # socket LB translation (Hubble trace-sock)
 
 
 class TracePoint(IntEnum):
@@ -66,9 +67,11 @@ class DropReason(IntEnum):
     INVALID_PACKET = 134
     CT_TRUNCATED = 135
     UNSUPPORTED_L3 = 139
+    WRITE_ERROR = 141  # "Error writing to packet" (NAT rewrite failed)
     UNKNOWN_L4 = 142
     CT_MAP_INSERTION_FAILED = 155
     INVALID_IPV6_EXTHDR = 156
+    NO_SERVICE_BACKEND = 158  # "Service backend not found"
     POLICY_DENY = 181  # "Policy denied by denylist": a deny rule matched
 
 
@@ -161,6 +164,54 @@ class PolicyFlags(IntFlag):
 
     DENY = 1 << 0
 
+
+# ---- service load balancing ----------------------------------------------------------------------
+
+
+class SockXlatePoint(IntEnum):
+    """Trace-sock event subtype (Hubble SocketTranslationPoint)."""
+
+    PRE_FWD = 1  # the service address the application asked for
+    POST_FWD = 2  # the backend it was translated to
+    PRE_REV = 3  # a reply's peer as the kernel has it (the backend)
+    POST_REV = 4  # ... as the application sees it (the service address)
+
+
+class ServiceFlags(IntFlag):
+    """tnd_lb_value.flags of a slot-0 (master) entry (TND_SVC_*)."""
+
+    CLUSTERIP = 1 << 0
+    NODEPORT = 1 << 1  # the packet LB (tnd_from_netdev) balances only frontends with this flag
+    AFFINITY = 1 << 2  # sessionAffinity: ClientIP (affinity_timeout_s)
+    MAGLEV = 1 << 3  # pick with the service's Maglev table instead of random
+
+
+class BackendState(IntEnum):
+    ACTIVE = 0
+    TERMINATING = 1  # existing connections finish, new ones never pick it
+
+
+class LbAffinityFlags(IntFlag):
+    """tnd_lb_affinity_key.flags (TND_LB_AFF_*)."""
+
+    NETNS = 1 << 0  # client holds a netns cookie (socket LB), not an address
+
+
+class LbNatDir(IntEnum):
+    """tnd_lb_nat_key.dir (TND_LB_NAT_*)."""
+
+    FWD = 1  # key: client -> frontend tuple; value: the backend
+    REV = 2  # key: backend -> client tuple; value: the frontend (reverse NAT)
+
+
+LB_SERVICES_MAX = 65536
+LB_BACKENDS_MAX = 65536
+LB_AFFINITY_MAX = 65536
+LB_SOCK_REVNAT_MAX = 262144
+LB_NAT_MAX = 262144
+LB_CGROUPS_MAX = 4096
+MAGLEV_DEFAULT_M = 16381  # size of a Maglev table (a prime); inner maps may use other primes
+MAP_F_INNER_MAP = 1 << 12  # BPF_F_INNER_MAP: Maglev inner arrays (and the template) carry it
 
 POLICY_MAX_ENTRIES = 16384  # per endpoint inner map
 POLICY_ENDPOINTS = 4096  # outer array: endpoint IDs 0..4095
@@ -293,6 +344,84 @@ POLICY_VALUE_DTYPE = _struct(
 )
 POLICY_OUTER_KEY_DTYPE = np.dtype("u4")  # endpoint ID
 
+# Service LB. Addresses: 16 bytes, IPv4 in the first 4. Ports: network order (">u2": assign plain
+# port numbers), unlike the event and conntrack ports.
+LB_KEY_DTYPE = _struct(
+    [
+        ("addr", ("u1", 16)),  # all zero = any local node address (NodePort wildcard)
+        ("port", ">u2"),
+        ("proto", "u1"),
+        ("family", "u1"),
+        ("slot", "u2"),  # 0 = master entry, 1..count = backends
+        ("pad", "u2"),
+    ],
+    24,
+)
+LB_VALUE_DTYPE = _struct(
+    [
+        ("backend_id", "u4"),  # slots > 0
+        ("count", "u2"),  # slot 0: number of active backends
+        ("rev_nat_id", "u2"),
+        ("flags", "u4"),  # slot 0: ServiceFlags
+        ("affinity_timeout_s", "u4"),
+    ],
+    16,
+)
+LB_BACKEND_KEY_DTYPE = np.dtype("u4")  # backend ID (0 is never a backend)
+LB_BACKEND_DTYPE = _struct(
+    [
+        ("addr", ("u1", 16)),
+        ("port", ">u2"),
+        ("proto", "u1"),
+        ("family", "u1"),
+        ("state", "u1"),  # BackendState
+        ("pad", ("u1", 3)),
+    ],
+    24,
+)
+LB_REVNAT_KEY_DTYPE = np.dtype("u2")  # rev_nat_id
+LB_REVNAT_DTYPE = _struct([("addr", ("u1", 16)), ("port", ">u2"), ("family", "u1"), ("pad", "u1")], 20)
+LB_AFFINITY_KEY_DTYPE = _struct(
+    [("client", ("u1", 16)), ("rev_nat_id", "u2"), ("family", "u1"), ("flags", "u1")],
+    20,
+)
+LB_AFFINITY_VALUE_DTYPE = _struct([("backend_id", "u4"), ("last_used_s", "u4")], 8)
+LB_SOCK_KEY_DTYPE = _struct(
+    [("cookie", "u8"), ("addr", ("u1", 16)), ("port", ">u2"), ("family", "u1"), ("pad", ("u1", 5))],
+    32,
+)
+LB_SOCK_VALUE_DTYPE = _struct(
+    [("addr", ("u1", 16)), ("port", ">u2"), ("rev_nat_id", "u2"), ("pad", "u4")],
+    24,
+)
+LB_NAT_KEY_DTYPE = _struct(
+    [
+        ("saddr", ("u1", 16)),
+        ("daddr", ("u1", 16)),
+        ("sport", ">u2"),
+        ("dport", ">u2"),
+        ("proto", "u1"),
+        ("family", "u1"),
+        ("dir", "u1"),  # LbNatDir
+        ("pad", "u1"),
+    ],
+    40,
+)
+LB_NAT_VALUE_DTYPE = _struct(
+    [
+        ("addr", ("u1", 16)),  # FWD: the backend; REV: the frontend address the client used
+        ("port", ">u2"),
+        ("rev_nat_id", "u2"),
+        ("backend_id", "u4"),
+        ("ifindex", "u4"),  # REV: the device the request arrived on
+        ("pad", "u4"),
+    ],
+    32,
+)
+LB_CGROUP_KEY_DTYPE = np.dtype("u8")  # cgroup v2 id = inode number of the cgroup directory
+LB_CGROUP_DTYPE = _struct([("ep_id", "u2"), ("pad0", "u2"), ("pad1", "u4")], 8)
+LB_MAGLEV_KEY_DTYPE = np.dtype("u2")  # rev_nat_id -> inner ARRAY u32 index -> u32 backend ID
+
 # C struct name -> dtype, used by tests/test_abi.py to compare with BTF.
 C_STRUCTS: dict[str, np.dtype] = {
     "tnd_event": EVENT_DTYPE,
@@ -305,6 +434,17 @@ C_STRUCTS: dict[str, np.dtype] = {
     "tnd_ipcache_value": IPCACHE_VALUE_DTYPE,
     "tnd_policy_key": POLICY_KEY_DTYPE,
     "tnd_policy_value": POLICY_VALUE_DTYPE,
+    "tnd_lb_key": LB_KEY_DTYPE,
+    "tnd_lb_value": LB_VALUE_DTYPE,
+    "tnd_lb_backend": LB_BACKEND_DTYPE,
+    "tnd_lb_revnat": LB_REVNAT_DTYPE,
+    "tnd_lb_affinity_key": LB_AFFINITY_KEY_DTYPE,
+    "tnd_lb_affinity_value": LB_AFFINITY_VALUE_DTYPE,
+    "tnd_lb_sock_key": LB_SOCK_KEY_DTYPE,
+    "tnd_lb_sock_value": LB_SOCK_VALUE_DTYPE,
+    "tnd_lb_nat_key": LB_NAT_KEY_DTYPE,
+    "tnd_lb_nat_value": LB_NAT_VALUE_DTYPE,
+    "tnd_lb_cgroup": LB_CGROUP_DTYPE,
 }
 
 # ---- map and program names ----------------------------------------------------------------------
@@ -317,6 +457,14 @@ MAP_ENDPOINTS = "tnd_endpoints"  # hash u32 ifindex -> tnd_endpoint_info
 MAP_SETTINGS = "tnd_settings"  # array, 1 entry of tnd_settings
 MAP_IPCACHE = "tnd_ipcache"  # LPM trie tnd_ipcache_key -> tnd_ipcache_value
 MAP_POLICY = "tnd_policy"  # array of maps[POLICY_ENDPOINTS]: ep_id -> LPM trie tnd_policy_key -> value
+MAP_LB_SERVICES = "tnd_lb_services"  # hash tnd_lb_key -> tnd_lb_value (agent)
+MAP_LB_BACKENDS = "tnd_lb_backends"  # hash u32 backend ID -> tnd_lb_backend (agent)
+MAP_LB_REVNAT = "tnd_lb_revnat"  # hash u16 rev_nat_id -> tnd_lb_revnat (agent)
+MAP_LB_MAGLEV = "tnd_lb_maglev"  # hash of maps u16 rev_nat_id -> ARRAY[M] of u32 backend IDs (agent)
+MAP_LB_AFFINITY = "tnd_lb_affinity"  # LRU tnd_lb_affinity_key -> tnd_lb_affinity_value (datapath)
+MAP_LB_SOCK_REVNAT = "tnd_lb_sock_revnat"  # LRU tnd_lb_sock_key -> tnd_lb_sock_value (datapath)
+MAP_LB_NAT = "tnd_lb_nat"  # LRU tnd_lb_nat_key -> tnd_lb_nat_value (datapath)
+MAP_LB_CGROUPS = "tnd_lb_cgroups"  # hash u64 cgroup id -> tnd_lb_cgroup (agent)
 
 MAP_NAMES: dict[str, str] = {
     "events": MAP_EVENTS,
@@ -327,6 +475,14 @@ MAP_NAMES: dict[str, str] = {
     "settings": MAP_SETTINGS,
     "ipcache": MAP_IPCACHE,
     "policy": MAP_POLICY,
+    "lb_services": MAP_LB_SERVICES,
+    "lb_backends": MAP_LB_BACKENDS,
+    "lb_revnat": MAP_LB_REVNAT,
+    "lb_maglev": MAP_LB_MAGLEV,
+    "lb_affinity": MAP_LB_AFFINITY,
+    "lb_sock_revnat": MAP_LB_SOCK_REVNAT,
+    "lb_nat": MAP_LB_NAT,
+    "lb_cgroups": MAP_LB_CGROUPS,
 }
 
 # map name -> (key dtype, value dtype); the ring buffer has no key/value (records are EVENT_DTYPE).
@@ -337,14 +493,37 @@ MAP_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     MAP_ENDPOINTS: (ENDPOINT_KEY_DTYPE, ENDPOINT_INFO_DTYPE),
     MAP_SETTINGS: (SETTINGS_KEY_DTYPE, SETTINGS_DTYPE),
     MAP_IPCACHE: (IPCACHE_KEY_DTYPE, IPCACHE_VALUE_DTYPE),
+    MAP_LB_SERVICES: (LB_KEY_DTYPE, LB_VALUE_DTYPE),
+    MAP_LB_BACKENDS: (LB_BACKEND_KEY_DTYPE, LB_BACKEND_DTYPE),
+    MAP_LB_REVNAT: (LB_REVNAT_KEY_DTYPE, LB_REVNAT_DTYPE),
+    MAP_LB_AFFINITY: (LB_AFFINITY_KEY_DTYPE, LB_AFFINITY_VALUE_DTYPE),
+    MAP_LB_SOCK_REVNAT: (LB_SOCK_KEY_DTYPE, LB_SOCK_VALUE_DTYPE),
+    MAP_LB_NAT: (LB_NAT_KEY_DTYPE, LB_NAT_VALUE_DTYPE),
+    MAP_LB_CGROUPS: (LB_CGROUP_KEY_DTYPE, LB_CGROUP_DTYPE),
 }
 # tnd_policy's values are inner maps (an fd to update, an ID on lookup), each inner map
 # (POLICY_KEY_DTYPE -> POLICY_VALUE_DTYPE) created by the agent: see tendril.bpf.maps.create_policy_map.
+# tnd_lb_maglev's values are inner maps too: BPF_MAP_TYPE_ARRAY, key u4, value u4 (backend ID),
+# max_entries M (a prime), flags MAP_F_INNER_MAP.
 
 
 PROG_FROM_CONTAINER = "tnd_from_container"  # tc ingress on the host-side veth (pod egress)
 PROG_TO_CONTAINER = "tnd_to_container"  # tc egress on the host-side veth (pod ingress)
 PROGRAM_NAMES: tuple[str, str] = (PROG_FROM_CONTAINER, PROG_TO_CONTAINER)
+
+# build/bpf/sock.o: the service load balancer.
+PROG_FROM_NETDEV = "tnd_from_netdev"  # tcx ingress on the node's underlay device (NodePort DNAT)
+# cgroup programs -> their enum bpf_attach_type (tendril.bpf.AttachType) for attach_cgroup().
+SOCK_PROGRAMS: dict[str, int] = {
+    "tnd_sock4_connect": 10,  # CGROUP_INET4_CONNECT
+    "tnd_sock6_connect": 11,  # CGROUP_INET6_CONNECT
+    "tnd_sock4_sendmsg": 14,  # CGROUP_UDP4_SENDMSG
+    "tnd_sock6_sendmsg": 15,  # CGROUP_UDP6_SENDMSG
+    "tnd_sock4_recvmsg": 19,  # CGROUP_UDP4_RECVMSG
+    "tnd_sock6_recvmsg": 20,  # CGROUP_UDP6_RECVMSG
+    "tnd_sock4_getpeername": 29,  # CGROUP_INET4_GETPEERNAME
+    "tnd_sock6_getpeername": 30,  # CGROUP_INET6_GETPEERNAME
+}
 
 # ---- key/value builders for the LPM maps ----------------------------------------------------------
 
@@ -446,3 +625,72 @@ def policy_match_type(identity: int, proto: int = 0, port: int = 0) -> MatchType
     if identity:
         return MatchType.L3_L4 if port else MatchType.L3_PROTO if proto else MatchType.L3_ONLY
     return MatchType.L4_ONLY if port else MatchType.PROTO_ONLY if proto else MatchType.ALL
+
+
+# ---- key/value builders for the service LB maps ----------------------------------------------------
+
+
+def lb_addr(ip: str | ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> tuple[np.ndarray, int]:
+    """(16-byte address array, family) of an address; None or "" = the all-zero NodePort wildcard (v4)."""
+    if not ip:
+        return np.zeros(16, np.uint8), 4
+    a = ipaddress.ip_address(ip)
+    out = np.zeros(16, np.uint8)
+    out[: len(a.packed)] = np.frombuffer(a.packed, np.uint8)
+    return out, a.version
+
+
+def lb_key(addr: str | None, port: int, proto: int, slot: int = 0, family: int | None = None) -> np.void:
+    """A tnd_lb_services key. addr None/"" = the NodePort wildcard of ``family`` (default 4)."""
+    k = np.zeros((), LB_KEY_DTYPE)
+    a, fam = lb_addr(addr)
+    k["addr"] = a
+    k["port"] = port
+    k["proto"] = proto
+    k["family"] = family if family is not None else fam
+    k["slot"] = slot
+    return k[()]
+
+
+def lb_master(count: int, rev_nat_id: int, flags: int = 0, affinity_timeout_s: int = 0) -> np.void:
+    """The slot-0 value of a frontend: number of backends, rev_nat_id, ServiceFlags, affinity timeout."""
+    v = np.zeros((), LB_VALUE_DTYPE)
+    v["count"], v["rev_nat_id"], v["flags"] = count, rev_nat_id, flags
+    v["affinity_timeout_s"] = affinity_timeout_s
+    return v[()]
+
+
+def lb_slot(backend_id: int, rev_nat_id: int = 0) -> np.void:
+    """The value of slot 1..count: the backend ID."""
+    v = np.zeros((), LB_VALUE_DTYPE)
+    v["backend_id"], v["rev_nat_id"] = backend_id, rev_nat_id
+    return v[()]
+
+
+def lb_backend(addr: str, port: int, proto: int, state: int = BackendState.ACTIVE) -> np.void:
+    v = np.zeros((), LB_BACKEND_DTYPE)
+    a, fam = lb_addr(addr)
+    v["addr"], v["port"], v["proto"], v["family"], v["state"] = a, port, proto, fam, int(state)
+    return v[()]
+
+
+def lb_revnat(addr: str, port: int) -> np.void:
+    v = np.zeros((), LB_REVNAT_DTYPE)
+    a, fam = lb_addr(addr)
+    v["addr"], v["port"], v["family"] = a, port, fam
+    return v[()]
+
+
+def lb_cgroup(ep_id: int) -> np.void:
+    v = np.zeros((), LB_CGROUP_DTYPE)
+    v["ep_id"] = ep_id
+    return v[()]
+
+
+def lb_nat_key(saddr: str, daddr: str, sport: int, dport: int, proto: int, direction: int) -> np.void:
+    """A tnd_lb_nat key: FWD = the client's tuple to the frontend, REV = the backend's reply tuple."""
+    k = np.zeros((), LB_NAT_KEY_DTYPE)
+    s, fam = lb_addr(saddr)
+    k["saddr"], k["daddr"] = s, lb_addr(daddr)[0]
+    k["sport"], k["dport"], k["proto"], k["family"], k["dir"] = sport, dport, proto, fam, int(direction)
+    return k[()]

@@ -311,3 +311,35 @@ def status(node: str | None, lab: str, output: str) -> None:
                 padding=1,
             )
         )
+
+
+@click.group()
+def service() -> None:
+    """Services (kube-proxy replacement)."""
+
+
+@service.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@node_option
+@lab_option
+def service_list(output: str, node: str | None, lab: str) -> None:
+    """List services in the cilium-dbg service list layout."""
+    with AgentClient(resolve_nodes(lab, node)[0]) as c:
+        data = c.get("/v1/services")
+    click.echo(json.dumps(data["services"], indent=2) if output == "json" else data["service_list"])
+
+
+@bpf.group("lb")
+def bpf_lb() -> None:
+    """Load-balancing maps."""
+
+
+@bpf_lb.command("list")
+@click.option("--revnat", is_flag=True, help="Show the reverse-NAT table.")
+@node_option
+@lab_option
+def bpf_lb_list(revnat: bool, node: str | None, lab: str) -> None:
+    """List the LB map (cilium-dbg bpf lb list [--revnat])."""
+    with AgentClient(resolve_nodes(lab, node)[0]) as c:
+        data = c.get("/v1/services")
+    click.echo(data["bpf_lb_revnat"] if revnat else data["bpf_lb_list"])

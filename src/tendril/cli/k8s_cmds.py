@@ -88,11 +88,13 @@ def apply(files: tuple[str, ...], lab: str) -> None:
 
     from tendril.cli.policy_cmds import import_policies, print_results
     from tendril.lab import manifest as mf
+    from tendril.loadbalancer import Service
     from tendril.policy import Policy
 
     objs = [o for f in files for o in mf.load_file(f)]
     policies = [o for o in objs if isinstance(o, Policy)]
-    objs = [o for o in objs if not isinstance(o, Policy)]
+    services = [o for o in objs if isinstance(o, Service)]
+    objs = [o for o in objs if not isinstance(o, (Policy, Service))]
     nodes = resolve_nodes(lab, None)
     known = _known_namespaces(nodes) | {o.metadata.name for o in objs if isinstance(o, mf.Namespace)}
     for o in objs:
@@ -103,6 +105,9 @@ def apply(files: tuple[str, ...], lab: str) -> None:
     for p in policies:
         if p.namespace and p.namespace not in known:
             raise TendrilError(f'{p.kind} "{p.name}": namespaces "{p.namespace}" not found')
+    for s in services:
+        if s.namespace not in known:
+            raise TendrilError(f'Service "{s.metadata.name}": namespaces "{s.namespace}" not found')
     existing = _all_pods(nodes)
     placed = {f"{p['namespace']}/{p['name']}": p["node"] for p in existing}
     ordered = (
@@ -115,6 +120,14 @@ def apply(files: tuple[str, ...], lab: str) -> None:
             if policies:
                 text = yaml.safe_dump_all([p.document for p in policies], sort_keys=False)
                 print_results(import_policies(lab, text, ", ".join(files)))
+            if services:
+                text = yaml.safe_dump_all([s.document() for s in services], sort_keys=False)
+                results: list[dict[str, Any]] = []
+                for n in nodes:
+                    with AgentClient(n) as c:
+                        results = results or c.put("/v1/services", {"text": text, "source": ", ".join(files)})
+                for r in results:
+                    click.echo(f"service/{r['name']} {r['action']}")
         elif isinstance(o, mf.Namespace):
             created = False
             for n in nodes:
@@ -173,7 +186,18 @@ def delete(files: tuple[str, ...], ignore_not_found: bool, lab: str) -> None:
     nodes = resolve_nodes(lab, None)
     pods = _all_pods(nodes)
     missing = []
+    from tendril.loadbalancer import Service
+
     for o in reversed(objs):
+        if isinstance(o, Service):
+            try:
+                for n in nodes:
+                    with AgentClient(n) as c:
+                        c.delete(f"/v1/services/{o.namespace}/{o.metadata.name}")
+                click.echo(f'service "{o.metadata.name}" deleted')
+            except TendrilError as e:
+                missing.append(str(e))
+            continue
         if isinstance(o, Policy):
             try:
                 for n in nodes:
@@ -219,6 +243,12 @@ def delete(files: tuple[str, ...], ignore_not_found: bool, lab: str) -> None:
         raise NotFoundError("; ".join(missing))
 
 
+def _svc_port(p: dict[str, Any], node_ports: dict[str, int]) -> str:
+    """kubectl's PORT(S) cell: 80/TCP, or 80:30080/TCP for a NodePort."""
+    node_port = node_ports.get(f"{p['port']}/{p['protocol']}")
+    return f"{p['port']}:{node_port}/{p['protocol']}" if node_port else f"{p['port']}/{p['protocol']}"
+
+
 def _age(created: float) -> str:
     s = int(time.time() - created)
     if s < 120:
@@ -229,7 +259,9 @@ def _age(created: float) -> str:
 
 
 @click.command()
-@click.argument("resource", type=click.Choice(["pods", "pod", "po", "namespaces", "ns"]))
+@click.argument(
+    "resource", type=click.Choice(["pods", "pod", "po", "namespaces", "ns", "services", "service", "svc"])
+)
 @click.option("-n", "--namespace", default=None)
 @click.option("-A", "--all-namespaces", is_flag=True)
 @click.option("-o", "--output", type=click.Choice(["wide", "json"]), default=None)
@@ -237,6 +269,23 @@ def _age(created: float) -> str:
 def get(resource: str, namespace: str | None, all_namespaces: bool, output: str | None, lab: str) -> None:
     """List pods (or namespaces) like kubectl get."""
     nodes = resolve_nodes(lab, None)
+    if resource in ("services", "service", "svc"):
+        with AgentClient(nodes[0]) as c:
+            svcs = c.get("/v1/services")["services"]
+        if output == "json":
+            click.echo(json.dumps(svcs, indent=2))
+            return
+        rows = [(["NAMESPACE"] if all_namespaces else []) + ["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"]]
+        for s in svcs:
+            if not all_namespaces and s["namespace"] != (namespace or "default"):
+                continue
+            ports = ",".join(_svc_port(p, s["node_ports"]) for p in s["ports"])
+            rows.append(
+                ([s["namespace"]] if all_namespaces else [])
+                + [s["name"], s["type"], ",".join(s["cluster_ips"]) or "None", ports, _age(s["created"])]
+            )
+        click.echo(render(rows))
+        return
     if resource in ("namespaces", "ns"):
         names = sorted(_known_namespaces(nodes))
         click.echo(render([["NAME", "STATUS"], *[[n, "Active"] for n in names]]))

@@ -44,7 +44,14 @@ def _register() -> None:
     cli.add_command(lab_cmds.lab)
     for cmd in (k8s_cmds.apply, k8s_cmds.delete, k8s_cmds.get, k8s_cmds.exec_):
         cli.add_command(cmd)
-    for cmd in (dbg_cmds.endpoint, dbg_cmds.bpf, dbg_cmds.monitor, dbg_cmds.config, dbg_cmds.status):
+    for cmd in (
+        dbg_cmds.endpoint,
+        dbg_cmds.bpf,
+        dbg_cmds.monitor,
+        dbg_cmds.config,
+        dbg_cmds.status,
+        dbg_cmds.service,
+    ):
         cli.add_command(cmd)
     cli.add_command(observe_cmd.observe)
     cli.add_command(hubble_cmds.hubble)

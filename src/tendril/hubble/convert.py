@@ -33,6 +33,7 @@ EMITTER_VERSION: str = getattr(tendril, "__version__", None) or "0.1.0"
 EVENT_DROP = 1
 EVENT_TRACE = 4
 EVENT_POLICY_VERDICT = 5
+EVENT_TRACE_SOCK = 7
 
 IPPROTO_ICMP, IPPROTO_IGMP, IPPROTO_TCP, IPPROTO_UDP = 1, 2, 6, 17
 IPPROTO_ICMPV6, IPPROTO_VRRP, IPPROTO_SCTP = 58, 112, 132
@@ -221,7 +222,7 @@ def _build(
         f.trace_observation_point = point or (flow_pb2.TO_ENDPOINT if sub_type == 0 else sub_type)
         if is_reply != rec.REPLY_UNKNOWN:  # the datapath reported its conntrack result
             f.trace_reason = r["ct_state"] + 1  # new/established/reply/related -> NEW..RELATED
-    elif point:
+    elif point and event_type != EVENT_TRACE_SOCK:
         f.trace_observation_point = point
     if is_reply != rec.REPLY_UNKNOWN:
         f.is_reply.value = bool(is_reply)
@@ -234,7 +235,12 @@ def _build(
     l7 = _l7_record(tables, r["l7"])
     if l7 is not None:
         f.l7.CopyFrom(l7)
-    f.Summary = l34_summary(r["l4_proto"], version, r["tcp_flags"], r["icmp_type"], r["icmp_code"])
+    if event_type == EVENT_TRACE_SOCK:
+        f.sock_xlate_point = point  # Hubble leaves Summary empty for socket translations
+        if f.l4.HasField("TCP"):
+            f.l4.TCP.ClearField("flags")
+    else:
+        f.Summary = l34_summary(r["l4_proto"], version, r["tcp_flags"], r["icmp_type"], r["icmp_code"])
     return f
 
 

@@ -152,9 +152,14 @@ def parse_documents(text: str, source: str = "<stdin>") -> list[Manifest]:
             except PolicyValidationError as e:
                 raise InvalidInputError(str(e)) from None
             continue
+        from tendril.loadbalancer import is_service_document, parse_service
+
+        if is_service_document(doc):
+            out.append(parse_service(doc, source, i))  # type: ignore[arg-type]
+            continue
         if kind not in KINDS:
             supported = ", ".join(
-                [*KINDS, "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy"]
+                [*KINDS, "Service", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy"]
             )
             raise InvalidInputError(f"{where}: unsupported kind {kind!r} (supported: {supported})")
         try:

@@ -69,11 +69,13 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
             if mask:
                 full = f
                 f = apply_field_mask(f, mask)
-                if full.event_type.type == 5 and "event_type" in mask:
-                    # A policy verdict is unreadable without its direction and match type, which the
-                    # hubble CLI's default mask leaves out: keep them with the event type.
+                if "event_type" in mask and full.event_type.type in (5, 7):
+                    # Policy verdicts and socket translations are unreadable without their direction,
+                    # match type or translation point, which the hubble CLI's default mask leaves
+                    # out: keep them with the event type.
                     f.traffic_direction = full.traffic_direction
                     f.policy_match_type = full.policy_match_type
+                    f.sock_xlate_point = full.sock_xlate_point
             out.append(observer_pb2.GetFlowsResponse(flow=f, node_name=self.ctx.node_name, time=f.time))
         return out
 

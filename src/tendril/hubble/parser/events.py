@@ -17,6 +17,7 @@ from tendril.hubble import record as rec
 EVENT_DROP = 1
 EVENT_TRACE = 4
 EVENT_POLICY_VERDICT = 5
+EVENT_TRACE_SOCK = 7
 EVF_IS_REPLY = 1 << 0
 EVF_INGRESS = 1 << 4
 EVF_POLICY_DENY = 1 << 5
@@ -71,6 +72,15 @@ def _map_distinct(values: np.ndarray, fn) -> np.ndarray:  # noqa: ANN001 - fn: d
     return np.asarray(fn(uniq), dtype=np.uint32)[inverse.reshape(-1)]
 
 
+_SVC_KEY = np.dtype([("a", "V16"), ("p", "<u2"), ("x", "u1")])
+
+
+def _svc_keys(addrs: np.ndarray, ports: np.ndarray, protos: np.ndarray) -> np.ndarray:
+    keys = np.empty(len(addrs), _SVC_KEY)
+    keys["a"], keys["p"], keys["x"] = addrs, ports, protos
+    return keys
+
+
 def random_uuids(n: int) -> np.ndarray:
     """RFC 4122 version-4 UUIDs, as V16, in one call to the OS."""
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
@@ -91,6 +101,7 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     is_drop = etype == EVENT_DROP
     is_trace = etype == EVENT_TRACE
     is_verdict = etype == EVENT_POLICY_VERDICT
+    is_sock = etype == EVENT_TRACE_SOCK
 
     rows["time_ns"] = records["ts_ns"].astype(np.int64) + wall_offset_ns
     rows["uuid"] = random_uuids(n)
@@ -99,13 +110,14 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     # policy verdicts: denied -> DROPPED, denied in audit mode -> AUDIT, allowed -> FORWARDED
     verdict = np.where(is_verdict & ((flags & EVF_POLICY_DENY) != 0), rec.DROPPED, verdict)
     verdict = np.where(is_verdict & ((flags & EVF_POLICY_AUDIT) != 0), rec.AUDIT, verdict)
-    rows["verdict"] = verdict
-    rows["flow_type"] = rec.L3_L4
+    rows["verdict"] = np.where(is_sock, rec.TRANSLATED, verdict)
+    rows["flow_type"] = np.where(is_sock, rec.SOCK, rec.L3_L4)
     rows["event_type"] = etype
-    rows["sub_type"] = np.where(is_verdict, 0, sub)  # Hubble keeps the match type in policy_match
+    # Hubble keeps the match type in policy_match and the translation point in sock_xlate_point
+    rows["sub_type"] = np.where(is_verdict | is_sock, 0, sub)
     rows["policy_match"] = np.where(is_verdict, sub, 0)
     rows["drop_reason"] = np.where(is_drop, sub, 0)
-    rows["trace_point"] = np.where(is_trace, _TRACE_POINT_MAP[sub], 0)
+    rows["trace_point"] = np.where(is_trace, _TRACE_POINT_MAP[sub], np.where(is_sock, sub, 0))
     rows["ip_version"] = records["ip_version"]
     src = _v16(records["saddr"])
     dst = _v16(records["daddr"])
@@ -122,8 +134,22 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     rows["ifname"] = _map_distinct(records["ifindex"], resolver.ifname_ids)
     src_ep = _map_distinct(src, resolver.endpoint_ids)
     dst_ep = _map_distinct(dst, resolver.endpoint_ids)
+    if is_sock.any() and hasattr(resolver, "endpoint_ids_by_epid"):
+        # the socket LB knows the pod by its cgroup (the socket may not be bound yet): the event's
+        # ep_id names the source endpoint, whose address stands in for the missing source
+        src_ep = np.where(is_sock, _map_distinct(records["ep_id"], resolver.endpoint_ids_by_epid), src_ep)
+        fix = is_sock & (src == np.void(bytes(16)))
+        if fix.any():
+            rows["src_ip"][fix] = resolver.endpoint_addrs(records["ep_id"][fix], records["ip_version"][fix])
     rows["src_ep"] = src_ep
     rows["dst_ep"] = dst_ep
+    if hasattr(resolver, "service_ids"):
+        rows["dst_service"] = _map_distinct(
+            _svc_keys(dst, records["dport"], records["l4_proto"]), resolver.service_ids
+        )
+        rows["src_service"] = _map_distinct(
+            _svc_keys(src, records["sport"], records["l4_proto"]), resolver.service_ids
+        )
     rows["src_identity"] = _map_distinct(src_ep, resolver.identity_of)
     rows["dst_identity"] = _map_distinct(dst_ep, resolver.identity_of)
     return rows
