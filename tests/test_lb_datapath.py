@@ -49,6 +49,7 @@ from tendril.bpf import (
 )
 from tendril.bpf import libbpf as lb
 from tendril.bpf.bpffs import ensure_bpffs
+from tendril.datapath import netns
 
 ROOT = Path(__file__).resolve().parents[1]
 LXC_OBJ = ROOT / "build" / "bpf" / "lxc.o"
@@ -984,8 +985,6 @@ SERVER = textwrap.dedent(
 def test_nodeport_real_traffic(dp):
     tag = secrets.token_hex(3)
     cl, nd, pd = f"tndlb-{tag}-c", f"tndlb-{tag}-n", f"tndlb-{tag}-p"
-    from tendril.datapath import netns
-
     links, server = [], None
     try:
         for ns in (cl, nd, pd):

@@ -74,6 +74,7 @@ class Agent:
 
         self.services = ServiceEngine(self)
         self.endpoints.services = self.services
+        self.pods.services = self.services
         self.services.sync()
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
         node_id = self.tables.strings.intern(self.config.name)

@@ -126,10 +126,29 @@ class PodManager:
             env[item["name"]] = item.get("value", "")
         return env
 
+    def _resolv_conf(self, pod: PodRecord) -> str | None:
+        """The pod's own resolv.conf pointing at the cluster DNS service, as kubelet writes it, or
+        None before the lab has a DNS service (and for the DNS pod itself)."""
+        services = getattr(self, "services", None)
+        if services is None or pod.labels.get("k8s-app") == "kube-dns":
+            return None
+        ips = services.cluster_ips("kube-system", "kube-dns")
+        if not ips:
+            return None
+        from tendril.lab.resolvconf import pod_resolv_conf, write_resolv_conf
+
+        path = self._log_dir() / f"{pod.namespace}_{pod.name}.resolv.conf"
+        return str(write_resolv_conf(path, pod_resolv_conf(pod.namespace, ips)))
+
     def _start_processes(self, pod: PodRecord, netns: str, cgroup_path: str, ip: str) -> None:
         pod.processes = []
+        resolv = self._resolv_conf(pod)
         for c in pod.containers:
             argv = resolve_argv(list(c["argv"]))
+            if resolv:
+                from tendril.lab.resolvconf import wrap_argv_with_resolvconf
+
+                argv = wrap_argv_with_resolvconf(argv, resolv)
             log_path = self._log_dir() / f"{pod.namespace}_{pod.name}_{c['name']}.log"
             pid = runtime.spawn(netns, cgroup_path, argv, self._env(pod, ip, c), str(log_path))
             start = runtime.process_start_time(pid)

@@ -102,6 +102,10 @@ class ServiceEngine:
                     index.setdefault((_addr16(b.addr), b.port, b.proto), fe.service)
         self.index = index
 
+    def cluster_ips(self, namespace: str, name: str) -> list[str]:
+        r = self.manager.get(namespace, name)
+        return list(r.allocation.cluster_ips) if r is not None else []
+
     def service_of(self, addr16: bytes, port: int, proto: int) -> str:
         return getattr(self, "index", {}).get((addr16, port, proto), "")
 

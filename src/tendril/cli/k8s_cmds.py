@@ -334,6 +334,18 @@ def get(resource: str, namespace: str | None, all_namespaces: bool, output: str 
     click.echo(render(rows))
 
 
+def _pod_resolv_conf(p: dict[str, Any]) -> Any:
+    from pathlib import Path
+
+    from tendril.common import paths
+
+    node = p.get("node")
+    if not node:
+        return None
+    path = Path(paths.node_run_dir(node)) / "pods" / f"{p['namespace']}_{p['name']}.resolv.conf"
+    return path if path.exists() else None
+
+
 def find_pod(lab: str, namespace: str, name: str) -> dict[str, Any]:
     """Ask the agents; if one is down, read its persisted state (exec must work without an agent)."""
     from tendril.agent.state import NodeState
@@ -378,5 +390,11 @@ def exec_(namespace: str, lab: str, pod: str, command: tuple[str, ...]) -> None:
             f.write(str(os.getpid()))
 
     env = dict(os.environ, POD_NAME=p["name"], POD_NAMESPACE=p["namespace"], POD_IP=p["podIP"])
-    rc = subprocess.call(nsenter_argv(p["netns"], resolve_argv(argv)), preexec_fn=join, env=env)
+    argv = resolve_argv(argv)
+    resolv = _pod_resolv_conf(p)
+    if resolv is not None:  # like kubectl exec: the container's own /etc/resolv.conf
+        from tendril.lab.resolvconf import wrap_argv_with_resolvconf
+
+        argv = wrap_argv_with_resolvconf(argv, str(resolv))
+    rc = subprocess.call(nsenter_argv(p["netns"], argv), preexec_fn=join, env=env)
     raise SystemExit(rc)

@@ -143,7 +143,55 @@ def lab_up(
             }
         )
         write_json(paths.lab_state_file(lab), record)
+    deploy_cluster_dns(record["nodes"][0]["name"], progress)
     return record
+
+
+CLUSTER_DNS = """
+apiVersion: v1
+kind: Service
+metadata: {{name: kube-dns, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}
+spec:
+  selector: {{k8s-app: kube-dns}}
+  clusterIPs: [10.96.0.10, "fd00:10:96::a"]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+    - {{name: dns, port: 53, protocol: UDP}}
+    - {{name: dns-tcp, port: 53, protocol: TCP}}
+"""
+
+
+def deploy_cluster_dns(node: str, progress: Progress) -> None:
+    """kube-system/coredns (Tendril's DNS server) behind kube-dns 10.96.0.10, like a cluster's DNS
+    add-on; pods created afterwards get a resolv.conf pointing at it."""
+    from tendril.cli.client import AgentClient
+
+    records = paths.node_run_dir(node) / "dns-records.json"
+    with AgentClient(node) as c:
+        c.put("/v1/services", {"text": CLUSTER_DNS.format(), "source": "cluster-dns"})
+        pods = {p["name"] for p in c.get("/v1/pods", namespace="kube-system")}
+        if "coredns" not in pods:
+            progress(f"node {node}: starting cluster DNS (kube-system/coredns, kube-dns 10.96.0.10)")
+        argv = ["tendril", "workload", "dns-server", "--port", "53", "--records", str(records)]
+        c.put(
+            "/v1/pods/kube-system/coredns",
+            {
+                "labels": {"k8s-app": "kube-dns"},
+                "annotations": {},
+                "owner": "",
+                "containers": [
+                    {
+                        "name": "coredns",
+                        "argv": argv,
+                        "env": [],
+                        "ports": [
+                            {"containerPort": 53, "name": "dns", "protocol": "UDP"},
+                            {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
+                        ],
+                    }
+                ],
+            },
+        )
 
 
 def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
