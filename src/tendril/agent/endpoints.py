@@ -201,6 +201,16 @@ class EndpointManager:
         self._reindex()
         return ep
 
+    def relabel(self, namespace: str, pod: str, labels: dict[str, str]) -> EndpointRecord:
+        """New pod labels: a new identity (policy maps, ipcache) without touching the network."""
+        ep = self.get(namespace, pod)
+        ep.labels = dict(labels)
+        if self.policy is not None:
+            self.policy.sync()
+        self.state.save()
+        self._reindex()
+        return ep
+
     def _realise(self, ep: EndpointRecord, new: bool = False) -> None:
         net = podnet.create_pod_network(
             node_netns=self.config.netns,

@@ -39,6 +39,7 @@ class EventPump:
         self.batch = batch
         self.sinks: list[BatchSink] = []
         self.events_read = 0
+        self.parse_errors = 0
         self._task: asyncio.Task[None] | None = None
 
     # Wake-ups are coalesced: parsing has a fixed cost per batch (~0.2 ms), so at high event rates
@@ -62,8 +63,10 @@ class EventPump:
         self._loop.call_later(self.coalesce_s, self._drain_and_rearm)
 
     def _drain_and_rearm(self) -> None:
-        self.drain()
-        self._loop.add_reader(self.reader.fileno(), self._readable)
+        try:
+            self.drain()
+        finally:
+            self._loop.add_reader(self.reader.fileno(), self._readable)
 
     async def _tick(self) -> None:
         while True:
@@ -77,7 +80,12 @@ class EventPump:
             if len(records) == 0:
                 break
             total += len(records)
-            rows = parse_events(records, self.node_id, self.resolver, wall_offset_ns())
+            try:
+                rows = parse_events(records, self.node_id, self.resolver, wall_offset_ns())
+            except Exception:  # a parser bug must cost these events, not the whole pipeline
+                log.exception("parsing %d events failed; they are counted as lost", len(records))
+                self.parse_errors += len(records)
+                continue
             self.ring.append(rows)
             for sink in self.sinks:
                 try:

@@ -92,6 +92,13 @@ class PodManager:
         if existing is not None and existing.spec_hash == h:
             self._ensure_running(existing)
             return "unchanged"
+        if existing is not None and existing.containers == containers and existing.owner == owner:
+            # Only labels or annotations changed: like Kubernetes, update them in place (the pod's
+            # processes and connections keep running; its identity and service membership follow).
+            existing.labels, existing.annotations, existing.spec_hash = dict(labels), dict(annotations), h
+            self.endpoints.relabel(namespace, name, labels)
+            self.state.save()
+            return "configured"
         outcome = "configured" if existing is not None else "created"
         if existing is not None:
             self._stop_processes(existing)

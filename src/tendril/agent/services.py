@@ -26,6 +26,7 @@ from tendril.loadbalancer import (
     PodInfo,
     PodPort,
     ServiceManager,
+    check_target_ports,
     parse_service_documents,
 )
 
@@ -171,6 +172,9 @@ class ServiceEngine:
                 raise InvalidInputError(
                     f'Service "{svc.metadata.name}": namespaces "{svc.namespace}" not found'
                 )
+        pods = self.pods()
+        for svc in services:  # every document is checked before anything is applied
+            check_target_ports(svc, pods, source)
         results = self.manager.apply(services, source, time.time())
         self.sync()
         return [

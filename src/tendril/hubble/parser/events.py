@@ -52,13 +52,13 @@ def _map_distinct(values: np.ndarray, fn) -> np.ndarray:  # noqa: ANN001 - fn: d
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.uint32)
-    if n <= 16:
+    if n <= 16 or (values.dtype.kind == "V" and values.dtype.itemsize != 16):
         # Small batches: a dict of the distinct values beats np.unique's fixed cost.
         index: dict[bytes, int] = {}
         inverse = np.fromiter((index.setdefault(v.tobytes(), len(index)) for v in values), np.int64, n)
         uniq = np.frombuffer(b"".join(index), dtype=values.dtype)
         return np.asarray(fn(uniq), dtype=np.uint32)[inverse]
-    if values.dtype.kind == "V":
+    if values.dtype.kind == "V":  # 16 bytes: addresses
         # numpy sorts 16-byte void values slowly: unique on a 64-bit hash of each address, then
         # check the (astronomically unlikely) collision case before trusting it.
         halves = np.ascontiguousarray(values).view("<u8").reshape(n, 2)
@@ -134,11 +134,13 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     rows["ifname"] = _map_distinct(records["ifindex"], resolver.ifname_ids)
     src_ep = _map_distinct(src, resolver.endpoint_ids)
     dst_ep = _map_distinct(dst, resolver.endpoint_ids)
-    if is_sock.any() and hasattr(resolver, "endpoint_ids_by_epid"):
-        # the socket LB knows the pod by its cgroup (the socket may not be bound yet): the event's
-        # ep_id names the source endpoint, whose address stands in for the missing source
-        src_ep = np.where(is_sock, _map_distinct(records["ep_id"], resolver.endpoint_ids_by_epid), src_ep)
-        fix = is_sock & (src == np.void(bytes(16)))
+    # Socket-LB events (translations, and drops of services without backends) know the pod by its
+    # cgroup, not by an address (the socket may not be bound yet): their ep_id names the source
+    # endpoint, whose address stands in for the missing source.
+    from_socket = (records["ifindex"] == 0) & (records["ep_id"] != 0)
+    if from_socket.any() and hasattr(resolver, "endpoint_ids_by_epid"):
+        src_ep = np.where(from_socket, _map_distinct(records["ep_id"], resolver.endpoint_ids_by_epid), src_ep)
+        fix = from_socket & (src == np.void(bytes(16)))
         if fix.any():
             rows["src_ip"][fix] = resolver.endpoint_addrs(records["ep_id"][fix], records["ip_version"][fix])
     rows["src_ep"] = src_ep
