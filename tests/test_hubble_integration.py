@@ -128,7 +128,7 @@ def test_hubble_and_agent_metrics(lab: Lab, traffic: dict) -> None:
         s.labels["direction"]: s.value for s in agent["tendril_forward_count"] if s.name.endswith("_total")
     }
     assert fwd["EGRESS"] > 0 and fwd["INGRESS"] > 0
-    assert agent["tendril_endpoint"][0].value == 2
+    assert agent["tendril_endpoint"][0].value == 3  # web, cli and the cluster DNS pod
     assert any(s.labels["map_name"] == "tnd_ct" for s in agent["tendril_bpf_map_pressure"])
 
 
