@@ -39,6 +39,12 @@ s.sendto(b'hello', ('$v4', 9000)); print('udp echo from $v4:9000:', s.recvfrom(1
   fi
 done <<< "$ips"
 
+step "services and DNS: tendril apply -f examples/service.yaml, then curl http://echo/ from the client"
+tendril apply -f examples/service.yaml
+tendril get svc -n demo
+tendril exec -n demo client -- tendril workload curl -s -w 'echo.demo.svc.cluster.local -> %{remote_ip}:%{remote_port} = %{http_code}\n' http://echo/
+tendril service list
+
 step "policy: the intruder pod is not allowed to reach echo (CiliumNetworkPolicy echo-from-client)"
 echo_ip=$(awk '$1 == "echo" {print $2; exit}' <<< "$ips")
 tendril exec -n demo intruder -- tendril workload curl -s --connect-timeout 1 "http://$echo_ip:8080/" || true

@@ -34,6 +34,7 @@ def fetch(
         print(f"curl: (7) Failed to connect to {host} port {port}: {e.strerror or e}", file=sys.stderr)
         return 7
     local = sock.getsockname()
+    remote = sock.getpeername()  # with the socket LB this is the service address, as in Cilium
     sock.settimeout(max(0.1, max_time - (time.monotonic() - started)))
     conn = http.client.HTTPConnection(host, port)
     conn.sock = sock
