@@ -12,7 +12,8 @@ What runs (everything inside the lab's namespaces):
     server side and the client never runs out of ports).
   * Client: per run, a Python driver started the same way in the client pod forks C processes.
     Each runs a blocking loop for a fixed time (bounded count): connect, send 1 byte, read the
-    1-byte answer, read EOF, close. Every connection is new (a new conntrack entry on both veths).
+    1-byte answer, read EOF, close. Every connection is new on both veths (a new conntrack entry,
+    or a closing one reopened when a client port comes round again).
   * Arms, in rotating order for R rounds:
       - "unenforced" (the baseline): no policy at all (`tendril policy delete --all`);
       - "enforced (1 rule)": a CiliumNetworkPolicy selecting the server, ingress
@@ -37,8 +38,8 @@ What runs (everything inside the lab's namespaces):
 It prints medians per arm and "enforced / unenforced" ratios (of medians, and per round). Nothing
 asserts on time; figures depend on what else the machine runs (the load average is printed).
 
-    sudo .venv/bin/python benchmarks/policy_connrate.py            # about 105 s
-    sudo .venv/bin/python benchmarks/policy_connrate.py --quick    # about 45 s
+    sudo .venv/bin/python benchmarks/policy_connrate.py            # about 2 minutes
+    sudo .venv/bin/python benchmarks/policy_connrate.py --quick    # about 1 minute
 """
 
 from __future__ import annotations
@@ -397,7 +398,7 @@ def one_run(
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s runs (about 45 s)")
+    ap.add_argument("--quick", action="store_true", help="2 rounds of 2 s runs (about 1 minute)")
     ap.add_argument("--rounds", type=int, help="rounds, each running every arm once (default 5, quick 2)")
     ap.add_argument("--seconds", type=float, help="seconds per run (default 3, quick 2)")
     ap.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
