@@ -128,3 +128,16 @@ def test_apply_twice_is_idempotent_and_delete_removes(lab: Lab) -> None:
     assert '"idem"' not in eps
     leftover = [n for n in netns.list_netns(f"tnd-{lab.node}-") if n.startswith(f"tnd-{lab.node}-idem")]
     assert leftover == []
+
+
+def test_bad_agent_options_are_refused_before_anything_is_created() -> None:
+    name = "tb" + "".join(random.choices("0123456789abcdef", k=4))
+    for args, needle in (
+        (["--bpf-lb-maglev-table-size", "100"], "must be a prime"),
+        (["--hubble-metrics", "flow bogus"], "unknown Hubble metrics plugin 'bogus'"),
+        (["--hubble-buffer-capacity", "1000"], "power of two minus one"),
+    ):
+        underlay = f"198.18.{random.randint(1, 250)}.0/24"
+        r = tendril("lab", "up", "--name", name, "--underlay", underlay, *args, check=False)
+        assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not netns.list_netns(f"tnd-{name}")

@@ -31,6 +31,8 @@ class NodeConfig:
     hubble_metrics_server: str = ":9965"
     hubble_metrics: str = ""  # Hubble's syntax, e.g. "flow drop tcp:sourceContext=pod"; "" = off
     prometheus_serve_addr: str = ":9962"  # agent metrics ("" = off)
+    bpf_lb_algorithm: str = "random"  # random | maglev (per service: service.cilium.io/lb-algorithm)
+    bpf_lb_maglev_table_size: int = 16381  # a prime, as Cilium's --bpf-lb-maglev-table-size
     hubble_export_file: str = ""
     hubble_export_file_max_size_mb: int = 10
     hubble_export_file_max_backups: int = 5

@@ -43,7 +43,18 @@ class ServiceEngine:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         state = agent.state.services
-        self.manager = ServiceManager.from_dict(state) if state else ServiceManager()
+        cfg = agent.config
+        try:
+            if state:
+                self.manager = ServiceManager.from_dict(
+                    state, algorithm=cfg.bpf_lb_algorithm, maglev_table_size=cfg.bpf_lb_maglev_table_size
+                )
+            else:
+                self.manager = ServiceManager(
+                    algorithm=cfg.bpf_lb_algorithm, maglev_table_size=cfg.bpf_lb_maglev_table_size
+                )
+        except ValueError as e:
+            raise InvalidInputError(f"--bpf-lb-*: {e}") from None
         obj = agent.datapath.obj
         assert obj is not None
         self.services = TypedMap(obj.map(MAP_SERVICES), abi.LB_KEY_DTYPE, abi.LB_VALUE_DTYPE)

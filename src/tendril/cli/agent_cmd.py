@@ -16,6 +16,8 @@ HUBBLE_OPTIONS = {
     "hubble_export_file_max_size_mb": "hubble_export_file_max_size_mb",
     "hubble_export_file_max_backups": "hubble_export_file_max_backups",
     "prometheus_serve_addr": "prometheus_serve_addr",
+    "bpf_lb_algorithm": "bpf_lb_algorithm",
+    "bpf_lb_maglev_table_size": "bpf_lb_maglev_table_size",
 }
 
 
@@ -41,6 +43,18 @@ def hubble_options(f):  # noqa: ANN001, ANN201 - click decorator
         click.option("--hubble-export-file-max-size-mb", type=int, default=None),
         click.option("--hubble-export-file-max-backups", type=int, default=None),
         click.option("--prometheus-serve-addr", default=None, help="Agent metrics address (default :9962)."),
+        click.option(
+            "--bpf-lb-algorithm",
+            type=click.Choice(["random", "maglev"]),
+            default=None,
+            help="Backend selection for services (default random).",
+        ),
+        click.option(
+            "--bpf-lb-maglev-table-size",
+            type=int,
+            default=None,
+            help="Maglev table size, a prime (default 16381).",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)

@@ -70,6 +70,31 @@ def start_agent(cfg: NodeConfig, wait: float = 30.0) -> dict[str, int]:
     )
 
 
+def _validate_agent_options(opts: dict[str, Any]) -> None:
+    """Reject bad agent options before anything is created (an agent would only fail later)."""
+    from tendril.loadbalancer import is_prime
+
+    size = opts.get("bpf_lb_maglev_table_size")
+    if size is not None and not is_prime(int(size)):
+        raise TendrilError(f"--bpf-lb-maglev-table-size {size}: must be a prime number (e.g. 16381 or 65521)")
+    capacity = opts.get("hubble_buffer_capacity")
+    if capacity is not None:
+        from tendril.hubble.container.ring import RingError, validate_capacity
+
+        try:
+            validate_capacity(int(capacity))
+        except RingError as e:
+            raise TendrilError(str(e)) from None
+    spec = opts.get("hubble_metrics")
+    if spec:
+        from tendril.hubble.metrics import HubbleMetrics
+
+        try:
+            HubbleMetrics(spec)
+        except ValueError as e:
+            raise TendrilError(f"--hubble-metrics: {e}") from None
+
+
 def lab_up(
     lab: str = "tendril",
     nodes: int = 1,
@@ -91,9 +116,13 @@ def lab_up(
         spec.validate()
     except topology.LabError as e:
         raise TendrilError(str(e)) from None
+    _validate_agent_options(hubble or {})
     existing = load_lab(lab) or {}
     progress(f"creating lab {lab!r}: {nodes} node(s) on underlay {spec.underlay}")
-    infos = topology.create_lab(spec)
+    try:
+        infos = topology.create_lab(spec)
+    except topology.LabError as e:
+        raise TendrilError(str(e)) from None
     record: dict[str, Any] = {
         "name": lab,
         "underlay": str(spec.underlay),
