@@ -123,9 +123,8 @@ def test_monitor_aggregation_switch(lab: Lab, pods: dict) -> None:
     try:
         tendril("config", "MonitorAggregationLevel=none", "--lab", lab.name)  # no aggregation: every packet
         _udp(lab, echo, 45300, n)
-        time.sleep(0.3)
         # each datagram and each echo is seen leaving one pod and entering the other
-        assert _count(lab, 45300) == 4 * n
+        assert _count(lab, 45300, expect=4 * n) == 4 * n
         tendril("config", "MonitorAggregationLevel=maximum", "--lab", lab.name)  # drops only
         _udp(lab, echo, 45301, n)
         time.sleep(0.3)
@@ -133,8 +132,9 @@ def test_monitor_aggregation_switch(lab: Lab, pods: dict) -> None:
     finally:
         tendril("config", "MonitorAggregationLevel=medium", "--lab", lab.name)
     _udp(lab, echo, 45302, n)
+    assert _count(lab, 45302, expect=4) == 4  # new + first reply, at each of the two endpoints
     time.sleep(0.3)
-    assert _count(lab, 45302) == 4  # new + first reply, at each of the two endpoints
+    assert _count(lab, 45302) == 4
     bad = tendril("config", "Bogus=1", "--lab", lab.name, check=False)
     assert bad.returncode == 1 and "unknown option 'Bogus'" in bad.stderr
 

@@ -388,6 +388,7 @@ print("before", ask(), flush=True)
 sys.stdin.readline()
 print("denied", ask(), flush=True)
 sys.stdin.readline()
+s.settimeout(15)  # the data queued while denied arrives with TCP's retransmission backoff
 print("again", ask(), flush=True)
 """
     allow = cnp(
