@@ -48,10 +48,18 @@ for _ in range({n}):
     )
 
 
-def _count(lab: Lab, sport: int) -> int:
-    return sum(
-        1 for f in lab.flows() if f["l4_proto"] == 17 and sport in (f["source_port"], f["destination_port"])
-    )
+def _count(lab: Lab, sport: int, expect: int | None = None, timeout: float = 5.0) -> int:
+    """Flows of one UDP port; with `expect`, waits (bounded) for the agent to drain that many."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = sum(
+            1
+            for f in lab.flows()
+            if f["l4_proto"] == 17 and sport in (f["source_port"], f["destination_port"])
+        )
+        if expect is None or n >= expect or time.monotonic() > deadline:
+            return n
+        time.sleep(0.1)
 
 
 def test_endpoint_list_layout(lab: Lab, pods: dict) -> None:
