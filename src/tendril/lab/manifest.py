@@ -7,17 +7,14 @@ document of a file is validated before anything is applied, so a bad file change
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tendril.common.errors import InvalidInputError
-
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+from tendril.common.manifests import check_name, check_namespace, pydantic_message
 
 
 class _Strict(BaseModel):
@@ -30,19 +27,8 @@ class ObjectMeta(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if len(v) > 253 or not _DNS1123_SUBDOMAIN.match(v):
-            raise ValueError(f"invalid name {v!r}: must be a lowercase RFC 1123 subdomain")
-        return v
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not _DNS1123_LABEL.match(v)):
-            raise ValueError(f"invalid namespace {v!r}: must be a lowercase RFC 1123 label")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _namespace = field_validator("namespace")(classmethod(lambda cls, v: check_namespace(v)))
 
 
 class TemplateMeta(_Strict):
@@ -120,13 +106,6 @@ KINDS: dict[str, type[_Strict]] = {"Namespace": Namespace, "Pod": Pod, "Deployme
 Manifest = Namespace | Pod | Deployment
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_documents(text: str, source: str = "<stdin>") -> list[Manifest]:
     """Parse and validate every document; raise one InvalidInputError naming file, object and field."""
     try:
@@ -165,15 +144,7 @@ def parse_documents(text: str, source: str = "<stdin>") -> list[Manifest]:
         try:
             obj = KINDS[kind].model_validate(doc)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = _loc(err["loc"])
-            if err["type"] == "extra_forbidden":
-                msg = f'unknown field "{field}"'
-            elif err["type"] == "missing":
-                msg = f'missing required field "{field}"'
-            else:
-                msg = f'invalid value for "{field}": {err["msg"]}'
-            raise InvalidInputError(f"{where}: {msg}") from None
+            raise InvalidInputError(f"{where}: {pydantic_message(e)}") from None
         if isinstance(obj, Deployment):
             sel = obj.spec.selector.matchLabels
             tmpl = obj.spec.template.metadata.labels

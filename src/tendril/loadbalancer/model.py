@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from tendril.common.manifests import DNS1123_LABEL, pydantic_message
 from tendril.loadbalancer.errors import FieldError, ServiceValidationError, invalid, missing
 from tendril.policy.selector import label_key_error, label_value_error
 
@@ -36,7 +37,6 @@ LB_ALGORITHM_ANNOTATION = "service.cilium.io/lb-algorithm"
 LB_ALGORITHMS = ("random", "maglev")
 
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
@@ -76,7 +76,7 @@ class ServiceMeta(_Strict):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not _DNS1123_LABEL.match(v)):
+        if v is not None and (len(v) > 63 or not DNS1123_LABEL.match(v)):
             raise ValueError(f"invalid namespace {v!r}: must be a lowercase RFC 1123 label")
         return v
 
@@ -102,7 +102,7 @@ class ServicePort(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not _DNS1123_LABEL.match(v)):
+        if v is not None and (len(v) > 63 or not DNS1123_LABEL.match(v)):
             raise ValueError(f"invalid port name {v!r}: must be a lowercase RFC 1123 label")
         return v
 
@@ -381,35 +381,6 @@ def is_service_document(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("kind") == "Service" and doc.get("apiVersion", "v1") == "v1"
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("int", "str", "constrained-int") or str(part).startswith(("function-", "constrained")):
-            continue  # pydantic's union-member tags are not fields
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _pydantic_message(e: ValidationError) -> str:
-    errs = e.errors()
-    err = errs[0]
-    # for a union (targetPort: int | str) report the member the input was meant for
-    for candidate in errs:
-        if candidate["type"] not in ("int_type", "string_type", "int_from_float"):
-            err = candidate
-            break
-    field = _loc(err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f'unknown field "{field}"'
-    if err["type"] == "missing":
-        return f'missing required field "{field}"'
-    msg = err["msg"].removeprefix("Value error, ")
-    return f'invalid value for "{field}": {msg}'
-
-
 def parse_service(doc: Any, source: str = "<stdin>", index: int = 0) -> Service:
     """Validate one already-loaded YAML document (`index` is 0-based, for the error text)."""
     where = f"{source}: document {index + 1}"
@@ -424,7 +395,7 @@ def parse_service(doc: Any, source: str = "<stdin>", index: int = 0) -> Service:
     try:
         svc = Service.model_validate(doc)
     except ValidationError as e:
-        raise ServiceValidationError(f"{where}: {_pydantic_message(e)}") from None
+        raise ServiceValidationError(f"{where}: {pydantic_message(e)}") from None
     try:
         _check(svc)
     except FieldError as e:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from tendril.common.manifests import check_name, check_namespace
 from tendril.policy.selector import (
     DOES_NOT_EXIST,
     EXISTS,
@@ -16,9 +16,6 @@ from tendril.policy.selector import (
     label_value_error,
     selector_from_k8s,
 )
-
-_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class Strict(BaseModel):
@@ -33,19 +30,8 @@ class ObjectMeta(Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if len(v) > 253 or not _DNS1123_SUBDOMAIN.match(v):
-            raise ValueError(f"invalid name {v!r}: must be a lowercase RFC 1123 subdomain")
-        return v
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not _DNS1123_LABEL.match(v)):
-            raise ValueError(f"invalid namespace {v!r}: must be a lowercase RFC 1123 label")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
+    _namespace = field_validator("namespace")(classmethod(lambda cls, v: check_namespace(v)))
 
 
 class SelectorRequirement(Strict):

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from tendril.common.manifests import pydantic_message
 from tendril.policy.errors import FieldError, PolicyValidationError
 from tendril.policy.model.cilium import CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy
 from tendril.policy.model.common import Strict
@@ -37,24 +38,6 @@ def is_policy_document(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("kind") in KINDS
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _pydantic_message(e: ValidationError) -> str:
-    err = e.errors()[0]
-    field = _loc(err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f'unknown field "{field}"'
-    if err["type"] == "missing":
-        return f'missing required field "{field}"'
-    msg = err["msg"].removeprefix("Value error, ")
-    return f'invalid value for "{field}": {msg}'
-
-
 def parse_policy_object(doc: Any, source: str = "<stdin>", index: int = 0) -> Policy:
     """Validate one already-loaded YAML document (`index` is 0-based, for the error text)."""
     where = f"{source}: document {index + 1}"
@@ -72,7 +55,7 @@ def parse_policy_object(doc: Any, source: str = "<stdin>", index: int = 0) -> Po
     try:
         obj = KINDS[kind].model_validate(doc)
     except ValidationError as e:
-        raise PolicyValidationError(f"{where}: {_pydantic_message(e)}") from None
+        raise PolicyValidationError(f"{where}: {pydantic_message(e)}") from None
     try:
         return _compile(obj, source, where, doc)
     except FieldError as e:
