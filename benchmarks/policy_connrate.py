@@ -59,13 +59,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import TENDRIL, cpu_seconds, loadavg, tendril, wait_pods
 from tendril.bpf import TypedMap, abi
 from tendril.bpf.maps import Map
 from tendril.common import paths
 from tendril.datapath.netns import call_in_netns, netns_path
 from tendril.datapath.podnet import pod_netns_name
 
-TENDRIL = str(Path(sys.executable).parent / "tendril")
 NS = "bench"
 PORT = 8080
 EXTRA_RULES = 200
@@ -184,26 +184,6 @@ UNENF, ENF, ENF200 = "unenforced", "enforced (1 rule)", f"enforced (+{EXTRA_RULE
 POLICY_DOCS = {UNENF: "", ENF: ALLOW, ENF200: ALLOW + "---\n" + EXTRA}
 
 
-def tendril(*args: str, timeout: float = 120, input: str | None = None) -> str:
-    r = subprocess.run([TENDRIL, *args], capture_output=True, text=True, timeout=timeout, input=input)
-    if r.returncode != 0:
-        raise RuntimeError(f"tendril {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def machine_cpu() -> dict[str, float]:
     """Seconds of CPU time, summed over all CPUs, by kind (the first line of /proc/stat)."""
     f = [
@@ -301,18 +281,6 @@ class Lab:
     def close(self) -> None:
         if self._lost is not None:
             self._lost.map.close()
-
-
-def wait_pods(lab: Lab, timeout: float = 30) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = tendril("get", "pods", "-n", NS, "-o", "json", "--lab", lab.name)
-        pods = {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
-        if all(pods.get(n, {}).get("status", {}).get("phase") == "Running" for n in ("server", "client")):
-            return pods
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"pods not running after {timeout:.0f}s: {pods}")
-        time.sleep(0.2)
 
 
 def lab_up(aggregation: str, verdict_metric: bool) -> Lab:
@@ -440,7 +408,7 @@ def main() -> int:
     try:
         print(f"lab {lab.name} (underlay {lab.underlay}) up; applying pods", flush=True)
         tendril("apply", "-f", "-", "--lab", lab.name, input=PODS)
-        pods = wait_pods(lab)
+        pods = wait_pods(lab.name, NS, ("server", "client"))
         server_ip = pods["server"]["status"]["podIPs"][0]["ip"]
         client_ns = pod_netns_name(lab.node, NS, "client")
         server_ns = pod_netns_name(lab.node, NS, "server")

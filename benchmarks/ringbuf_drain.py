@@ -81,8 +81,19 @@ def struct_format(dtype: np.dtype) -> struct.Struct:
 def udp_frame(payload: int = 64) -> bytes:
     """Ethernet + IPv4 + UDP, POD_IP:40000 -> PEER_IP:53 (checksums are irrelevant to the datapath)."""
     udp = struct.pack("!HHHH", 40000, 53, 8 + payload, 0) + bytes(payload)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     ipaddress.IPv4Address(POD_IP).packed, ipaddress.IPv4Address(PEER_IP).packed)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        1,
+        0,
+        64,
+        17,
+        0,
+        ipaddress.IPv4Address(POD_IP).packed,
+        ipaddress.IPv4Address(PEER_IP).packed,
+    )
     return b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + ip + udp
 
 
@@ -105,10 +116,12 @@ class Datapath:
             self.prog = self.obj.program(abi.PROG_FROM_CONTAINER)
             self.events = self.obj.map(abi.MAP_EVENTS)
             self.lost_map = TypedMap(self.obj.map(abi.MAP_LOST), abi.LOST_KEY_DTYPE, abi.LOST_VALUE_DTYPE)
-            self.settings = TypedMap(self.obj.map(abi.MAP_SETTINGS), abi.SETTINGS_KEY_DTYPE,
-                                     abi.SETTINGS_DTYPE)
-            endpoints = TypedMap(self.obj.map(abi.MAP_ENDPOINTS), abi.ENDPOINT_KEY_DTYPE,
-                                 abi.ENDPOINT_INFO_DTYPE)
+            self.settings = TypedMap(
+                self.obj.map(abi.MAP_SETTINGS), abi.SETTINGS_KEY_DTYPE, abi.SETTINGS_DTYPE
+            )
+            endpoints = TypedMap(
+                self.obj.map(abi.MAP_ENDPOINTS), abi.ENDPOINT_KEY_DTYPE, abi.ENDPOINT_INFO_DTYPE
+            )
             ep = np.zeros((), abi.ENDPOINT_INFO_DTYPE)
             ep["ep_id"] = 1234
             ep["ipv4"] = np.frombuffer(ipaddress.IPv4Address(POD_IP).packed, np.uint8)
@@ -274,9 +287,11 @@ class LibbpfCallbackConsumer:
 
 def consumers(dp: Datapath) -> list[tuple[str, Callable[[], object]]]:
     """Baseline first. Only one is alive at a time: they share the kernel's consumer position."""
-    return [("libbpf callback", lambda: LibbpfCallbackConsumer(dp)),
-            ("numpy batch", lambda: NumpyConsumer(dp, parse=False)),
-            ("numpy batch + parse", lambda: NumpyConsumer(dp, parse=True))]
+    return [
+        ("libbpf callback", lambda: LibbpfCallbackConsumer(dp)),
+        ("numpy batch", lambda: NumpyConsumer(dp, parse=False)),
+        ("numpy batch + parse", lambda: NumpyConsumer(dp, parse=True)),
+    ]
 
 
 # ---- part 1: a full ring ---------------------------------------------------------------------------
@@ -303,8 +318,7 @@ def full_ring_rate(dp: Datapath, consumer, reps: int) -> float:  # noqa: ANN001 
 # ---- part 2: offered rates -------------------------------------------------------------------------
 
 
-def _producer(prog_fd: int, pkt: bytes, ctx: bytes, rate: float | None, duration: float,
-              out, ready) -> None:  # noqa: ANN001 - multiprocessing shared objects
+def _producer(prog_fd: int, pkt: bytes, ctx: bytes, rate: float | None, duration: float, out, ready) -> None:  # noqa: ANN001 - multiprocessing shared objects
     """Forked child: run the program at `rate` runs/s (None: back to back) for `duration` seconds."""
     cap = 32768 if rate is None else max(1, int(rate * 0.005))  # at most 5 ms of catch-up per call
     done = 0
@@ -368,8 +382,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter stages, fewer repetitions (about 10 s)")
     ap.add_argument("--ring-bytes", type=int, default=4 << 20, help="tnd_events size (agent default 4 MiB)")
-    ap.add_argument("--seconds", type=float,
-                    help="length of each offered-rate stage (default 1.5, quick 0.4)")
+    ap.add_argument(
+        "--seconds", type=float, help="length of each offered-rate stage (default 1.5, quick 0.4)"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (loads eBPF programs)", file=sys.stderr)
@@ -383,10 +398,14 @@ def main() -> int:
 
     dp = Datapath(args.ring_bytes)
     try:
-        print(f"ring-buffer drain benchmark: {OBJ.relative_to(ROOT)}, tnd_events {args.ring_bytes} bytes = "
-              f"{dp.capacity} records of {dp.record_bytes} B, trace level ALL")
-        print(f"{os.cpu_count()} CPUs, load average {loadavg()}; pin root {dp.pin_root} (removed at exit); "
-              f"parser: {agent_parser()[0]}; batch {BATCH} records")
+        print(
+            f"ring-buffer drain benchmark: {OBJ.relative_to(ROOT)}, tnd_events {args.ring_bytes} bytes = "
+            f"{dp.capacity} records of {dp.record_bytes} B, trace level ALL"
+        )
+        print(
+            f"{os.cpu_count()} CPUs, load average {loadavg()}; pin root {dp.pin_root} (removed at exit); "
+            f"parser: {agent_parser()[0]}; batch {BATCH} records"
+        )
 
         # In-kernel cost of producing an event, for context.
         half = dp.capacity // 2
@@ -398,9 +417,11 @@ def main() -> int:
         dp.set_level(abi.TraceLevel.NONE)
         ns_none = dp.produce(half)
         dp.set_level(abi.TraceLevel.ALL)
-        print(f"producer: tnd_from_container on a {len(dp.pkt)}-byte UDP/IPv4 frame costs {ns_event} ns/run "
-              f"with an event, {ns_none} ns/run at trace level NONE "
-              f"(with event / without = {ns_event / max(ns_none, 1):.2f})")
+        print(
+            f"producer: tnd_from_container on a {len(dp.pkt)}-byte UDP/IPv4 frame costs {ns_event} ns/run "
+            f"with an event, {ns_none} ns/run at trace level NONE "
+            f"(with event / without = {ns_event / max(ns_none, 1):.2f})"
+        )
 
         # Part 1
         print(f"\n1) Draining a full ring ({dp.capacity} events, no producer running), median of {reps}:")
@@ -418,10 +439,14 @@ def main() -> int:
             print(f"   {name:<22}{fmt_rate(r):>12}   {r / base:7.2f}{tag}")
 
         # Part 2
-        print(f"\n2) Sustained: the producer offers a rate for {seconds:g} s per stage, the consumer keeps "
-              "draining (woken by poll(2) on the ring fd):")
-        print(f"   {'consumer':<22}{'target':>9}{'offered':>11}{'drained/s':>11}{'produced':>10}"
-              f"{'drained':>10}{'lost':>9}{'skipped':>8}  drained+lost==produced")
+        print(
+            f"\n2) Sustained: the producer offers a rate for {seconds:g} s per stage, the consumer keeps "
+            "draining (woken by poll(2) on the ring fd):"
+        )
+        print(
+            f"   {'consumer':<22}{'target':>9}{'offered':>11}{'drained/s':>11}{'produced':>10}"
+            f"{'drained':>10}{'lost':>9}{'skipped':>8}  drained+lost==produced"
+        )
         results: dict[str, list[tuple[float | None, dict]]] = {}
         for name, make in consumers(dp):
             c = make()
@@ -432,16 +457,20 @@ def main() -> int:
                     exact = r["drained"] + r["lost"] == r["produced"]
                     verdict = "yes" if exact else f"NO: {r['produced'] - r['drained'] - r['lost']} missing"
                     target = "max" if rate is None else fmt_rate(rate)
-                    print(f"   {name:<22}{target:>9}{fmt_rate(r['offered']):>11}"
-                          f"{fmt_rate(r['drained_per_s']):>11}{r['produced']:>10}{r['drained']:>10}"
-                          f"{r['lost']:>9}{r['skipped']:>8}  {verdict}")
+                    print(
+                        f"   {name:<22}{target:>9}{fmt_rate(r['offered']):>11}"
+                        f"{fmt_rate(r['drained_per_s']):>11}{r['produced']:>10}{r['drained']:>10}"
+                        f"{r['lost']:>9}{r['skipped']:>8}  {verdict}"
+                    )
             finally:
                 c.close()
 
         tested = ", ".join("max" if r is None else fmt_rate(r) for r in RATES)
         print(f"\n   summary (offered rates tested: {tested})")
-        print(f"   {'consumer':<22}{'tnd_lost 0 up to':>18}{'all delivered up to':>21}{'best drained/s':>16}"
-              "   vs libbpf callback")
+        print(
+            f"   {'consumer':<22}{'tnd_lost 0 up to':>18}{'all delivered up to':>21}{'best drained/s':>16}"
+            "   vs libbpf callback"
+        )
         best = {n: max(r["drained_per_s"] for _, r in rs) for n, rs in results.items()}
 
         def up_to(rs: list[tuple[float | None, dict]], bad: Callable[[dict], bool]) -> str:
@@ -460,12 +489,16 @@ def main() -> int:
         all_rows = [r for rs in results.values() for _, r in rs]
         exact = sum(r["drained"] + r["lost"] == r["produced"] for r in all_rows)
         with_skips = sum(r["drained"] + r["lost"] + r["skipped"] == r["produced"] for r in all_rows)
-        print(f"   accounting drained + lost == produced: {exact} of {len(all_rows)} stages; "
-              f"drained + lost + skipped == produced: {with_skips} of {len(all_rows)}")
+        print(
+            f"   accounting drained + lost == produced: {exact} of {len(all_rows)} stages; "
+            f"drained + lost + skipped == produced: {with_skips} of {len(all_rows)}"
+        )
         skipped = sum(r["skipped"] for r in all_rows)
         if skipped:
-            print(f"   !! RingBufferReader stepped over {skipped} committed records (counted in "
-                  "reader.skipped, not delivered, not in tnd_lost): see benchmarks/README.md")
+            print(
+                f"   !! RingBufferReader stepped over {skipped} committed records (counted in "
+                "reader.skipped, not delivered, not in tnd_lost): see benchmarks/README.md"
+            )
         print(f"\n   total time {time.monotonic() - t_start:.0f} s; load average now {loadavg()}")
     finally:
         dp.close()

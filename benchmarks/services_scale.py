@@ -41,14 +41,15 @@ What runs (all traffic stays inside namespaces that the lab or this script creat
         first packet still walks all of KUBE-SERVICES.
     "vs direct" ratios are against the direct arm of the same path, measured in the same rounds.
   * Checks: client errors; the DNAT counter of the tested KUBE-SEP rule against connections made to
-    the iptables VIP; tnd_lb_services entries; the agent's CPU during runs (its 10 s resync covers
-    every Service, so it grows with the count).
+    the iptables VIP; tnd_lb_services entries; the agent's CPU and the trace events it read during
+    runs; and, per level, the agent's CPU with no traffic for 10 s (--idle-seconds): its resync every
+    10 s recomputes every Service, so it grows with the count.
 
 Needs root, `bash scripts/setup.sh` (build/bpf/*.o) and the Debian `iptables` package
 (`apt-get install -y iptables`; either backend: --iptables nft|legacy, default what `iptables` is).
 
-    sudo .venv/bin/python benchmarks/services_scale.py            # about 3.5 minutes
-    sudo .venv/bin/python benchmarks/services_scale.py --quick    # 1 and 1,000 services, about 1 minute
+    sudo .venv/bin/python benchmarks/services_scale.py            # about 4.5 minutes
+    sudo .venv/bin/python benchmarks/services_scale.py --quick    # 1 and 1,000 services, about 70 s
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import cpu_seconds, loadavg
 from tendril.bpf import TypedMap, abi
 from tendril.bpf.maps import Map
 from tendril.common import paths
@@ -185,19 +187,6 @@ def run(*argv: str, input: str | None = None, timeout: float = 120) -> str:
 
 def tendril(*args: str, timeout: float = 300, input: str | None = None) -> str:
     return run(TENDRIL, *args, input=input, timeout=timeout)
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(sorted_values: list[int], q: float) -> float:
@@ -546,6 +535,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, help="seconds per run (default 2, quick 1.5)")
     ap.add_argument("--servers", type=int, default=2, help="server processes (default 2)")
     ap.add_argument("--max-conns", type=int, default=200_000, help="cap per run")
+    ap.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="per level, measure the agent's CPU with no traffic for this long (its resync runs every 10 s)",
+    )
     ap.add_argument("--chunk", type=int, default=10_000, help="Services per `tendril apply` (default: all)")
     ap.add_argument("--iptables", choices=["auto", "nft", "legacy"], default="auto", help="iptables backend")
     ap.add_argument(
@@ -622,6 +617,15 @@ def main() -> int:
                 f"(KUBE-SERVICES service rules: {kube_services:,}); tnd_lb_services entries: {lb:,}"
             )
             print(f"\n{setup_log[-2] if times else ''}\n{setup_log[-1]}".lstrip("\n"), flush=True)
+            if args.idle_seconds > 0:  # the agent with no traffic: its periodic resync of every Service
+                a0 = cpu_seconds(lab.agent_pid)
+                time.sleep(args.idle_seconds)
+                idle = 100 * (cpu_seconds(lab.agent_pid) - a0) / args.idle_seconds
+                setup_log.append(
+                    f"tendril agent CPU with no traffic at {level:,} services: {idle:.1f}% of a CPU "
+                    f"(over {args.idle_seconds:g} s)"
+                )
+                print(setup_log[-1], flush=True)
             # warm-up (and check every path answers)
             for arm, (ns, cg, ip, port) in targets.items():
                 warm = client_run(ns, cg, ip, port, 0.2, 2000)

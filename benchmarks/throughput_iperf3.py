@@ -47,6 +47,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import TENDRIL, cpu_seconds, loadavg, tendril, wait_pods
 from tendril.bpf import Link, TypedMap, abi, attach_tc
 from tendril.bpf import libbpf as lb
 from tendril.bpf.maps import Map
@@ -54,7 +55,6 @@ from tendril.common import paths
 from tendril.datapath.netns import call_in_netns, netns_path
 from tendril.datapath.podnet import pod_netns_name
 
-TENDRIL = str(Path(sys.executable).parent / "tendril")
 NS = "bench"
 PORT = 5201
 PODS = f"""
@@ -76,26 +76,6 @@ spec:
 """
 
 BARE, MEDIUM, EVERY = "bare veth", "tendril (medium)", "tendril (every packet)"
-
-
-def tendril(*args: str, timeout: float = 120, input: str | None = None) -> str:
-    r = subprocess.run([TENDRIL, *args], capture_output=True, text=True, timeout=timeout, input=input)
-    if r.returncode != 0:
-        raise RuntimeError(f"tendril {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _prog_get_fd_by_id = lb._lib.bpf_prog_get_fd_by_id
@@ -131,10 +111,12 @@ class Lab:
     def _maps(self) -> tuple[TypedMap, TypedMap]:
         if self._metrics is None:
             pin = paths.bpf_pin_dir(self.node)
-            self._metrics = TypedMap(Map.open_pinned(pin / abi.MAP_METRICS), abi.METRICS_KEY_DTYPE,
-                                     abi.METRICS_VALUE_DTYPE)
-            self._lost = TypedMap(Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE,
-                                  abi.LOST_VALUE_DTYPE)
+            self._metrics = TypedMap(
+                Map.open_pinned(pin / abi.MAP_METRICS), abi.METRICS_KEY_DTYPE, abi.METRICS_VALUE_DTYPE
+            )
+            self._lost = TypedMap(
+                Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE, abi.LOST_VALUE_DTYPE
+            )
         return self._metrics, self._lost  # type: ignore[return-value]
 
     def counters(self) -> dict[str, float]:
@@ -170,8 +152,9 @@ class Lab:
         while self.detached:
             pin, ifindex, direction, fd = self.detached.pop()
 
-            def attach(fd: int = fd, ifindex: int = ifindex, direction: str = direction,
-                       pin: Path = pin) -> None:
+            def attach(
+                fd: int = fd, ifindex: int = ifindex, direction: str = direction, pin: Path = pin
+            ) -> None:
                 attach_tc(fd, ifindex, direction, pin_path=pin).close()  # type: ignore[arg-type]
 
             try:
@@ -186,8 +169,21 @@ class Lab:
 
 
 def iperf3_client(client_ns: str, server_ip: str, seconds: int) -> dict:
-    argv = ["nsenter", f"--net={netns_path(client_ns)}", "--", "iperf3", "-c", server_ip, "-p", str(PORT),
-            "-t", str(seconds), "-O", "1", "-J"]
+    argv = [
+        "nsenter",
+        f"--net={netns_path(client_ns)}",
+        "--",
+        "iperf3",
+        "-c",
+        server_ip,
+        "-p",
+        str(PORT),
+        "-t",
+        str(seconds),
+        "-O",
+        "1",
+        "-J",
+    ]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     data = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {"error": r.stderr.strip()}
     if "error" in data:
@@ -200,18 +196,6 @@ def iperf3_client(client_ns: str, server_ip: str, seconds: int) -> dict:
         "cpu_client": cpu.get("host_total", float("nan")),
         "cpu_server": cpu.get("remote_total", float("nan")),
     }
-
-
-def wait_pods(lab: Lab, timeout: float = 30) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = tendril("get", "pods", "-n", NS, "-o", "json", "--lab", lab.name)
-        pods = {p["metadata"]["name"]: p for p in json.loads(out)["items"]}
-        if all(pods.get(n, {}).get("status", {}).get("phase") == "Running" for n in ("server", "client")):
-            return pods
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"pods not running after {timeout:.0f}s: {pods}")
-        time.sleep(0.2)
 
 
 def lab_up() -> Lab:
@@ -247,8 +231,10 @@ def main() -> int:
     arms = [MEDIUM, BARE] + ([] if args.no_every_packet else [EVERY])
     t_start = time.monotonic()
 
-    print(f"iperf3 TCP pod -> pod, same node: {rounds} rounds x {len(arms)} arms, iperf3 -t {seconds} -O 1; "
-          f"{os.cpu_count()} CPUs, load average {loadavg()}")
+    print(
+        f"iperf3 TCP pod -> pod, same node: {rounds} rounds x {len(arms)} arms, iperf3 -t {seconds} -O 1; "
+        f"{os.cpu_count()} CPUs, load average {loadavg()}"
+    )
     lab = lab_up()
     server = None
     results: dict[str, list[dict]] = {a: [] for a in arms}
@@ -256,12 +242,15 @@ def main() -> int:
     try:
         print(f"lab {lab.name} (underlay {lab.underlay}) up; applying pods", flush=True)
         tendril("apply", "-f", "-", "--lab", lab.name, input=PODS)
-        pods = wait_pods(lab)
+        pods = wait_pods(lab.name, NS, ("server", "client"))
         server_ip = pods["server"]["status"]["podIPs"][0]["ip"]
         client_ns = pod_netns_name(lab.node, NS, "client")
         server_ns = pod_netns_name(lab.node, NS, "server")
-        server = subprocess.Popen(["nsenter", f"--net={netns_path(server_ns)}", "--", "iperf3", "-s", "-p",
-                                   str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            ["nsenter", f"--net={netns_path(server_ns)}", "--", "iperf3", "-s", "-p", str(PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for attempt in range(50):  # warm-up run; also waits for the server to listen
             try:
                 iperf3_client(client_ns, server_ip, 1)
@@ -272,11 +261,14 @@ def main() -> int:
                 time.sleep(0.2)
         links = sorted(p.name for p in lab.links_dir.iterdir())
         print(f"server {server_ip} in {server_ns}; tcx links: {', '.join(links)}")
-        print(f"\n{'round':>5}  {'arm':<24}{'Gbit/s':>8}{'retrans':>9}{'cli CPU%':>9}{'srv CPU%':>9}"
-              f"{'BPF pkts':>10}{'events':>9}{'lost':>8}{'agent CPU':>10}", flush=True)
+        print(
+            f"\n{'round':>5}  {'arm':<24}{'Gbit/s':>8}{'retrans':>9}{'cli CPU%':>9}{'srv CPU%':>9}"
+            f"{'BPF pkts':>10}{'events':>9}{'lost':>8}{'agent CPU':>10}",
+            flush=True,
+        )
         level = "medium"
         for rnd in range(rounds):
-            order = arms[rnd % len(arms):] + arms[: rnd % len(arms)]
+            order = arms[rnd % len(arms) :] + arms[: rnd % len(arms)]
             this_round: dict[str, float] = {}
             for arm in order:
                 want = "none" if arm == EVERY else "medium"
@@ -297,9 +289,12 @@ def main() -> int:
                     run[k] = after[k] - before[k]
                 results[arm].append(run)
                 this_round[arm] = run["gbps"]
-                print(f"{rnd + 1:>5}  {arm:<24}{run['gbps']:8.2f}{run['retrans']:9d}{run['cpu_client']:9.0f}"
-                      f"{run['cpu_server']:9.0f}{run['bpf_packets']:10.0f}{run['events_read']:9.0f}"
-                      f"{run['lost']:8.0f}{run['agent_cpu']:9.2f}s", flush=True)
+                print(
+                    f"{rnd + 1:>5}  {arm:<24}{run['gbps']:8.2f}{run['retrans']:9d}{run['cpu_client']:9.0f}"
+                    f"{run['cpu_server']:9.0f}{run['bpf_packets']:10.0f}{run['events_read']:9.0f}"
+                    f"{run['lost']:8.0f}{run['agent_cpu']:9.2f}s",
+                    flush=True,
+                )
             per_round.append(this_round)
         if level != "medium":
             lab.set_aggregation("medium")
@@ -321,8 +316,10 @@ def main() -> int:
     run_s = seconds
     print(f"\nsummary (median of {rounds} runs; ratios against the bare-veth baseline of the same run)")
     w = max(18, 5 * rounds) + 2
-    print(f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<{w}}{'events/run':>11}"
-          f"{'events/s':>10}{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}")
+    print(
+        f"  {'arm':<24}{'Gbit/s':>8}{'ratio':>8}  {'per-round ratios':<{w}}{'events/run':>11}"
+        f"{'events/s':>10}{'lost/run':>9}{'events/pkt':>11}{'agent CPU':>10}"
+    )
     for a in arms:
         rs = results[a]
         paired = [r[a] / r[BARE] for r in per_round if a in r and BARE in r]
@@ -332,19 +329,28 @@ def main() -> int:
         cpu = statistics.median(r["agent_cpu"] for r in rs)
         per_pkt = f"{ev / pkts:.3f}" if pkts else "-"
         span = "(baseline)" if a == BARE else " ".join(f"{x:.2f}" for x in paired)
-        print(f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<{w}}{ev:11.0f}{ev / (run_s + 1):10.0f}"
-              f"{lost:9.0f}{per_pkt:>11}{100 * cpu / (run_s + 1):9.0f}%")
+        print(
+            f"  {a:<24}{med[a]:8.2f}{med[a] / base:8.2f}  {span:<{w}}{ev:11.0f}{ev / (run_s + 1):10.0f}"
+            f"{lost:9.0f}{per_pkt:>11}{100 * cpu / (run_s + 1):9.0f}%"
+        )
     for a, what in ((MEDIUM, "medium aggregation, the default"), (EVERY, "an event for every packet")):
         if a in med:
             paired = statistics.median(r[a] / r[BARE] for r in per_round)
-            print(f"\n  tendril / bare veth = {med[a] / base:.2f} ({what}; ratio of medians)"
-                  f"\n  {'':<22}{paired:.2f} (median of the {rounds} per-round ratios)", end="")
+            print(
+                f"\n  tendril / bare veth = {med[a] / base:.2f} ({what}; ratio of medians)"
+                f"\n  {'':<22}{paired:.2f} (median of the {rounds} per-round ratios)",
+                end="",
+            )
     print()
     bare_pkts = sum(r["bpf_packets"] for r in results[BARE])
-    print(f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} "
-          "(0 = the programs really were detached)")
-    print(f"  events/s and agent CPU are per run second ({run_s} s measured + 1 s omitted); "
-          f"total time {time.monotonic() - t_start:.0f} s; load average now {loadavg()}")
+    print(
+        f"  check: packets counted by BPF during bare runs = {bare_pkts:.0f} "
+        "(0 = the programs really were detached)"
+    )
+    print(
+        f"  events/s and agent CPU are per run second ({run_s} s measured + 1 s omitted); "
+        f"total time {time.monotonic() - t_start:.0f} s; load average now {loadavg()}"
+    )
     return 0
 
 

@@ -91,8 +91,15 @@ class ServiceEngine:
     def node_addresses(self) -> list[str]:
         return [a for a in (self.agent.config.underlay_ip,) if a]
 
-    def sync(self) -> dict[str, int]:
-        diff = self.manager.sync(self.pods(), self.node_addresses())
+    def sync(self, force: bool = False) -> dict[str, int]:
+        """Bring the maps to the desired state; a no-op (no recomputation) when neither the services
+        nor the pods' readiness, labels or addresses changed since the last sync."""
+        pods = self.pods()
+        fingerprint = (self.manager.revision, tuple(pods), tuple(self.node_addresses()))
+        if not force and fingerprint == getattr(self, "_last", None):
+            return {}
+        self._last = fingerprint
+        diff = self.manager.sync(pods, self.node_addresses())
         for op in diff.ops:
             self._apply(op)
         self._reindex()

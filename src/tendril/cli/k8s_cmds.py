@@ -124,7 +124,7 @@ def apply(files: tuple[str, ...], lab: str) -> None:
                 text = yaml.safe_dump_all([s.document() for s in services], sort_keys=False)
                 results: list[dict[str, Any]] = []
                 for n in nodes:
-                    with AgentClient(n) as c:
+                    with AgentClient(n, timeout=600.0) as c:  # thousands of services take a while
                         results = results or c.put("/v1/services", {"text": text, "source": ", ".join(files)})
                 for r in results:
                     click.echo(f"service/{r['name']} {r['action']}")
