@@ -133,7 +133,9 @@ class Lab:
 
     # ---- attach / detach ----
     def detach_all(self) -> None:
-        for pin in sorted(self.links_dir.iterdir()):
+        # the pods' veth programs only: the socket LB (cgroup) and NodePort (eth0) links never see
+        # pod-to-pod packets
+        for pin in sorted(self.links_dir.glob("lxc*")):
             link = Link.open_pinned(pin)
             fd = _prog_get_fd_by_id(link.prog_id)  # keep the program alive for re-attaching
             if fd < 0:
