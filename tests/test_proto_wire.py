@@ -55,10 +55,17 @@ _SCALARS = {
 # Parsing the reference (section 5)
 # --------------------------------------------------------------------------------------------
 
+
 class RefField:
     def __init__(self, message: str, name: str, number: int, type_: str, note: str, origin: str):
         self.message, self.name, self.number, self.type, self.note, self.origin = (
-            message, name, number, type_, note, origin)
+            message,
+            name,
+            number,
+            type_,
+            note,
+            origin,
+        )
 
     def __repr__(self) -> str:
         return f"{self.message}.{self.name}={self.number} ({self.type}) [{self.origin}]"
@@ -140,7 +147,9 @@ def parse_reference(text: str) -> Reference:
                         continue
                     ref.add(RefField(table_msg, name, int(num), typ, note, f"table {heading}"))
             elif header[:2] == ["name", "value"]:
-                enum_name = re.search(r"`(flow\.DropReason)`", "\n".join(lines[max(0, i - len(rows) - 6):i]))
+                enum_name = re.search(
+                    r"`(flow\.DropReason)`", "\n".join(lines[max(0, i - len(rows) - 6) : i])
+                )
                 assert enum_name, "DropReason table not found"
                 values = ref.enums.setdefault(enum_name.group(1), {})
                 dep = ref.deprecated_enum_values.setdefault(enum_name.group(1), set())
@@ -153,9 +162,7 @@ def parse_reference(text: str) -> Reference:
         if heading == "Enums":
             m = _ENUM_BULLET_RE.match(line)
             if m:
-                ref.enums[m.group(1)] = {
-                    k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))
-                }
+                ref.enums[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
             i += 1
             continue
         # "X has no fields"
@@ -187,8 +194,9 @@ def _find_message(full_name: str) -> Descriptor:
     pkg, rest = full_name.split(".", 1)
     desc = None
     for part in rest.split("."):
-        desc = (MODULES[pkg].DESCRIPTOR.message_types_by_name if desc is None
-                else desc.nested_types_by_name)[part]
+        desc = (MODULES[pkg].DESCRIPTOR.message_types_by_name if desc is None else desc.nested_types_by_name)[
+            part
+        ]
     assert desc is not None
     return desc
 
@@ -217,7 +225,7 @@ def _check_field(rf: RefField) -> list[str]:
     typ = rf.type
     repeated = typ.startswith("repeated ")
     if repeated:
-        typ = typ[len("repeated "):]
+        typ = typ[len("repeated ") :]
     is_rep = fd.is_repeated
     if repeated != is_rep:
         errors.append(f"{rf}: repeated={is_rep} in our descriptor")
@@ -252,14 +260,36 @@ def test_reference_parsed_fully(ref: Reference) -> None:
     assert len(ref.fields["flow.FlowFilter"]) == 41
     assert ref.reserved["flow.Flow"] == {7, 12, 17, 18}
     assert ref.reserved["observer.GetFlowsRequest"] == {2}
-    for msg in ("flow.TCP", "flow.TCPFlags", "flow.VRRP", "flow.IGMP", "flow.LostEvent", "flow.HTTPHeader",
-                "flow.Workload", "flow.EventTypeFilter", "flow.FlowFilter.Experimental",
-                "relay.NodeStatusEvent", "observer.TLS", "observer.GetNodesResponse",
-                "observer.GetNamespacesResponse", "observer.Namespace", "peer.TLS", "peer.ChangeNotification",
-                "observer.ServerStatusResponse", "observer.Node", "flow.Aggregate", "flow.TraceParent"):
+    for msg in (
+        "flow.TCP",
+        "flow.TCPFlags",
+        "flow.VRRP",
+        "flow.IGMP",
+        "flow.LostEvent",
+        "flow.HTTPHeader",
+        "flow.Workload",
+        "flow.EventTypeFilter",
+        "flow.FlowFilter.Experimental",
+        "relay.NodeStatusEvent",
+        "observer.TLS",
+        "observer.GetNodesResponse",
+        "observer.GetNamespacesResponse",
+        "observer.Namespace",
+        "peer.TLS",
+        "peer.ChangeNotification",
+        "observer.ServerStatusResponse",
+        "observer.Node",
+        "flow.Aggregate",
+        "flow.TraceParent",
+    ):
         assert msg in ref.fields, msg
-    for msg in ("observer.ServerStatusRequest", "observer.GetNodesRequest", "observer.GetNamespacesRequest",
-                "peer.NotifyRequest", "observer.GetFlowsRequest.Experimental"):
+    for msg in (
+        "observer.ServerStatusRequest",
+        "observer.GetNodesRequest",
+        "observer.GetNamespacesRequest",
+        "peer.NotifyRequest",
+        "observer.GetFlowsRequest.Experimental",
+    ):
         assert msg in ref.empty, msg
     assert len(ref.enums["flow.DropReason"]) == 76
     assert "flow.Tunnel.Protocol" in ref.enums and "peer.ChangeNotificationType" in ref.enums
@@ -340,15 +370,35 @@ def test_packages_and_file_names() -> None:
     ("service", "method", "req_type", "resp_type", "server_streaming"),
     [
         ("observer.Observer", "GetFlows", "observer.GetFlowsRequest", "observer.GetFlowsResponse", True),
-        ("observer.Observer", "GetAgentEvents", "observer.GetAgentEventsRequest",
-         "observer.GetAgentEventsResponse", True),
-        ("observer.Observer", "GetDebugEvents", "observer.GetDebugEventsRequest",
-         "observer.GetDebugEventsResponse", True),
+        (
+            "observer.Observer",
+            "GetAgentEvents",
+            "observer.GetAgentEventsRequest",
+            "observer.GetAgentEventsResponse",
+            True,
+        ),
+        (
+            "observer.Observer",
+            "GetDebugEvents",
+            "observer.GetDebugEventsRequest",
+            "observer.GetDebugEventsResponse",
+            True,
+        ),
         ("observer.Observer", "GetNodes", "observer.GetNodesRequest", "observer.GetNodesResponse", False),
-        ("observer.Observer", "GetNamespaces", "observer.GetNamespacesRequest",
-         "observer.GetNamespacesResponse", False),
-        ("observer.Observer", "ServerStatus", "observer.ServerStatusRequest",
-         "observer.ServerStatusResponse", False),
+        (
+            "observer.Observer",
+            "GetNamespaces",
+            "observer.GetNamespacesRequest",
+            "observer.GetNamespacesResponse",
+            False,
+        ),
+        (
+            "observer.Observer",
+            "ServerStatus",
+            "observer.ServerStatusRequest",
+            "observer.ServerStatusResponse",
+            False,
+        ),
         ("peer.Peer", "Notify", "peer.NotifyRequest", "peer.ChangeNotification", True),
     ],
 )
@@ -370,12 +420,19 @@ def test_services(service: str, method: str, req_type: str, resp_type: str, serv
 def test_observer_service_has_exactly_these_methods() -> None:
     sd = observer_pb2.DESCRIPTOR.services_by_name["Observer"]
     assert [m.name for m in sd.methods] == [
-        "GetFlows", "GetAgentEvents", "GetDebugEvents", "GetNodes", "GetNamespaces", "ServerStatus"]
+        "GetFlows",
+        "GetAgentEvents",
+        "GetDebugEvents",
+        "GetNodes",
+        "GetNamespaces",
+        "ServerStatus",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # 2. Golden GetFlowsRequests
 # --------------------------------------------------------------------------------------------
+
 
 def _request_cases() -> list[tuple[str, dict]]:
     path = FIXTURES / "requests.json"
@@ -420,6 +477,7 @@ def test_golden_request(name: str, case: dict) -> None:
 # --------------------------------------------------------------------------------------------
 # 3. flows.jsonl and the jsonpb printer
 # --------------------------------------------------------------------------------------------
+
 
 def _flow_lines() -> list[str]:
     path = FIXTURES / "flows.jsonl"
@@ -486,7 +544,7 @@ def test_print_raw_filters_json(path: Path) -> None:
 
 
 def test_jsonpb_escaping_and_numbers() -> None:
-    f = flow_pb2.Flow(Summary="a&b<c>\x1b[31m\r\n\u2028\"\\é", socket_cookie=2**64 - 1, proxy_port=8080)
+    f = flow_pb2.Flow(Summary='a&b<c>\x1b[31m\r\n\u2028"\\é', socket_cookie=2**64 - 1, proxy_port=8080)
     f.is_reply.value = False
     f.l4.ICMPv4.SetInParent()
     assert dumps(f) == (
