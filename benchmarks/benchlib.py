@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import secrets
 import subprocess
 import sys
 import time
@@ -48,3 +50,20 @@ def cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lab_up(prefix: str, *args: str) -> tuple[str, str]:
+    """Bring up a lab named `<prefix><4 hex>` on a random 198.18.X.0/24 underlay (extra `lab up`
+    flags in `args`); returns (name, underlay). Retried with another subnet only when it clashes."""
+    errors = []
+    for _ in range(3):
+        name, underlay = prefix + secrets.token_hex(2), f"198.18.{random.randint(1, 250)}.0/24"
+        try:
+            tendril("lab", "up", "--name", name, "--underlay", underlay, *args)
+            return name, underlay
+        except RuntimeError as e:
+            errors.append(str(e))
+            subprocess.run([TENDRIL, "lab", "down", "--name", name], capture_output=True, timeout=120)
+            if "overlaps" not in str(e):  # only an underlay clash is worth another random subnet
+                break
+    raise RuntimeError("lab up failed:\n" + "\n".join(errors))

@@ -48,9 +48,7 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import re
-import secrets
 import signal
 import statistics
 import subprocess
@@ -59,6 +57,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import benchlib
 from benchlib import TENDRIL, cpu_seconds, loadavg, tendril, wait_pods
 from tendril.bpf import TypedMap, abi
 from tendril.bpf.maps import Map
@@ -284,30 +283,10 @@ class Lab:
 
 
 def lab_up(aggregation: str, verdict_metric: bool) -> Lab:
-    errors = []
-    for _ in range(3):
-        lab = Lab("bc" + secrets.token_hex(2), f"198.18.{random.randint(1, 250)}.0/24")
-        try:
-            tendril(
-                "lab",
-                "up",
-                "--name",
-                lab.name,
-                "--underlay",
-                lab.underlay,
-                "--hubble-metrics",
-                "policy" if verdict_metric else "",
-                "--monitor-aggregation",
-                aggregation,
-            )
-            lab.verdict_metric = verdict_metric
-            return lab
-        except RuntimeError as e:
-            errors.append(str(e))
-            subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
-            if "overlaps" not in str(e):  # only an underlay clash is worth another random subnet
-                break
-    raise RuntimeError("lab up failed:\n" + "\n".join(errors))
+    metrics = "policy" if verdict_metric else ""
+    lab = Lab(*benchlib.lab_up("bc", "--hubble-metrics", metrics, "--monitor-aggregation", aggregation))
+    lab.verdict_metric = verdict_metric
+    return lab
 
 
 def start_client(

@@ -60,9 +60,7 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import re
-import secrets
 import shutil
 import signal
 import statistics
@@ -72,6 +70,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib
 from benchlib import cpu_seconds, loadavg
 from tendril.bpf import TypedMap, abi
 from tendril.bpf.maps import Map
@@ -320,27 +319,7 @@ class Lab:
 
 
 def lab_up(aggregation: str) -> Lab:
-    errors = []
-    for _ in range(3):
-        lab = Lab("bs" + secrets.token_hex(2), f"198.18.{random.randint(1, 250)}.0/24")
-        try:
-            tendril(
-                "lab",
-                "up",
-                "--name",
-                lab.name,
-                "--underlay",
-                lab.underlay,
-                "--monitor-aggregation",
-                aggregation,
-            )
-            return lab
-        except RuntimeError as e:
-            errors.append(str(e))
-            subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
-            if "overlaps" not in str(e):  # only an underlay clash is worth another random subnet
-                break
-    raise RuntimeError("lab up failed:\n" + "\n".join(errors))
+    return Lab(*benchlib.lab_up("bs", "--monitor-aggregation", aggregation))
 
 
 # ---- kube-proxy's iptables rules -----------------------------------------------------------------

@@ -38,8 +38,6 @@ import contextlib
 import ctypes
 import json
 import os
-import random
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -47,6 +45,7 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib
 from benchlib import TENDRIL, cpu_seconds, loadavg, tendril, wait_pods
 from tendril.bpf import Link, TypedMap, abi, attach_tc
 from tendril.bpf import libbpf as lb
@@ -201,18 +200,7 @@ def iperf3_client(client_ns: str, server_ip: str, seconds: int) -> dict:
 
 
 def lab_up() -> Lab:
-    errors = []
-    for _ in range(3):
-        lab = Lab("bn" + secrets.token_hex(2), f"198.18.{random.randint(1, 250)}.0/24")
-        try:
-            tendril("lab", "up", "--name", lab.name, "--underlay", lab.underlay)
-            return lab
-        except RuntimeError as e:
-            errors.append(str(e))
-            subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
-            if "overlaps" not in str(e):  # only an underlay clash is worth another random subnet
-                break
-    raise RuntimeError("lab up failed:\n" + "\n".join(errors))
+    return Lab(*benchlib.lab_up("bn"))
 
 
 def main() -> int:

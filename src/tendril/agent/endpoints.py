@@ -43,25 +43,21 @@ class EndpointManager:
         self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
         self.on_delete: list = []  # callbacks(EndpointMeta) when an endpoint goes away
         self.policy: Any = None  # the PolicyEngine, set by the agent once it exists
-        self._by_ip: dict[str, EndpointMeta] = {}
         self._ip_ids: dict[bytes, int] = {}
         self._ifnames: dict[int, str] = {}
         self._reindex()
 
     # ---- lookups used by the flow parser -------------------------------------------------------
     def _reindex(self) -> None:
-        by_ip: dict[str, EndpointMeta] = {}
         ip_ids: dict[bytes, int] = {}
         ifnames: dict[int, str] = {}
         for ep in self.state.endpoints.values():
             meta = self.meta(ep)
             meta_id = self.tables.endpoints.intern(meta)
-            by_ip[ep.ipv4] = meta
-            by_ip[ep.ipv6] = meta
             ip_ids[ipaddress.IPv4Address(ep.ipv4).packed + bytes(12)] = meta_id
             ip_ids[ipaddress.IPv6Address(ep.ipv6).packed] = meta_id
             ifnames[ep.host_ifindex] = ep.host_ifname
-        self._by_ip, self._ip_ids, self._ifnames = by_ip, ip_ids, ifnames
+        self._ip_ids, self._ifnames = ip_ids, ifnames
 
     # ---- the parser's Resolver (vectorised callers pass distinct values) -------------------------
     def endpoint_ids(self, addrs: np.ndarray) -> np.ndarray:
@@ -143,12 +139,6 @@ class EndpointManager:
             identity=ep.identity,
             workloads=_workloads(ep),
         )
-
-    def lookup_ip(self, ip: str) -> EndpointMeta | None:
-        return self._by_ip.get(ip)
-
-    def ifname(self, ifindex: int) -> str:
-        return self._ifnames.get(ifindex, "")
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def get(self, namespace: str, pod: str) -> EndpointRecord:
