@@ -18,6 +18,13 @@
  * kernel instead, a reply whose source is now a node address would be
  * dropped as a martian. Only CT replies are looked up; the packet's event
  * shows it as the pod sent it.
+ *
+ * Overlay (overlay.h): tnd_from_container sends a packet whose destination
+ * lives on another node (ipcache tunnel_endpoint) into the node's VXLAN
+ * device when one is configured, with the pod's identity as the VNI, and
+ * reports it at TO_OVERLAY instead of FROM_LXC. tnd_to_container takes the
+ * source identity of a packet that came out of the overlay from skb->mark
+ * (set by tnd_from_overlay, overlay.c) instead of looking its source up.
  */
 #include "common.h"
 #include "maps.h"
@@ -27,6 +34,7 @@
 #include "policy.h"
 #include "verdict.h"
 #include "lb.h"
+#include "overlay.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,6 +52,9 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		return TC_ACT_OK;
 	tnd_pkt_init(&p, skb, ep);
 	settings = tnd_settings_get();
+	/* From another node through the overlay: the source identity is the one its VNI carried. */
+	if (h->obs_point == TND_TRACE_TO_LXC)
+		p.remote_id = tnd_overlay_take_mark(skb);
 
 	/* 2. Parse; ARP passes (counted, never traced). */
 	reason = tnd_parse(skb, &p);
@@ -81,7 +92,20 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		}
 	}
 
-	/* 8. Count, trace as the level says, forward. */
+	/* 8. A destination on another node, with an overlay: into the tunnel (overlay.h). */
+	if (h->obs_point == TND_TRACE_FROM_LXC && !redirect && settings.overlay_ifindex) {
+		ret = tnd_overlay_encap(skb, &p, ep->identity);
+		if (ret < 0) {
+			reason = TND_DROP_WRITE_ERROR;
+			goto drop;
+		}
+		if (ret > 0) {
+			tnd_forward_at(skb, &p, h, settings.trace_level, TND_TRACE_TO_OVERLAY);
+			return bpf_redirect(settings.overlay_ifindex, 0);
+		}
+	}
+
+	/* 9. Count, trace as the level says, forward. */
 	ret = tnd_forward(skb, &p, h, settings.trace_level);
 	if (redirect)
 		return bpf_redirect_neigh(redirect, NULL, 0, 0);

@@ -35,6 +35,7 @@
  * in tnd_lb_nat. The kernel then routes the packet to the backend (TC_ACT_OK). The backend's reply
  * is translated back by tnd_from_container (lxc.c) and redirected out of the device the request
  * came in on. No usable backend: drop (TND_DROP_NO_SERVICE_BACKEND, event + metrics at INGRESS).
+ * UDP to port TND_VXLAN_PORT (the overlay's tunnel packets) passes untouched before any lookup.
  * Limits: the backend must be a pod on this node (a remote backend's reply would not pass this
  * node's reverse NAT: no SNAT/DSR), the client must reach the node directly (replies go out of the
  * ingress device through the neighbour/FIB lookup of bpf_redirect_neigh), no fragments, TCP and UDP
@@ -431,6 +432,9 @@ int tnd_from_netdev(struct __sk_buff *skb)
 	int reason;
 
 	if (tnd_lb_parse(skb, &lp))
+		return TC_ACT_OK;
+	/* The overlay's VXLAN packets are the node's own business, never a NodePort. */
+	if (lp.key.proto == IPPROTO_UDP && lp.key.dport == bpf_htons(TND_VXLAN_PORT))
 		return TC_ACT_OK;
 	reason = tnd_nodeport_lb(skb, &lp);
 	if (!reason)

@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-debs=(clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping iptables make
+debs=(clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping iptables make etcd-server
       python3.11 python3.11-venv python3-venv procps util-linux ca-certificates)
 missing=()
 for p in "${debs[@]}"; do

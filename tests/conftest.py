@@ -99,6 +99,22 @@ class Lab:
         return AgentClient(self.node)
 
 
+LOG_DIR = Path(os.environ.get("TENDRIL_TEST_LOGS", "/tmp/tendril-test-logs"))
+
+
+def save_lab_logs(name: str) -> None:
+    """Keep the agents' and relay's logs of a lab (they go with `lab down`) for post-mortems."""
+    import shutil
+
+    from tendril.common import paths
+
+    dest = LOG_DIR / name
+    for log in [*paths.RUN_ROOT.glob(f"{name}-node*/agent.log"), *paths.labs_dir().glob(f"{name}-*.log")]:
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / (f"{log.parent.name}.log" if log.name == "agent.log" else log.name)
+        shutil.copyfile(log, target)
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, eBPF)")
@@ -116,4 +132,5 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         tendril("lab", "up", "--name", name, "--underlay", underlay, *extra, timeout=120)
         yield lab
     finally:
+        save_lab_logs(name)
         tendril("lab", "down", "--name", name, check=False, timeout=120)

@@ -148,8 +148,10 @@ def test_monitor_aggregation_switch(lab: Lab, pods: dict) -> None:
 
 
 def test_status_and_exec(lab: Lab, pods: dict) -> None:
-    st = json.loads(tendril("status", "-o", "json", "--lab", lab.name).stdout)[0]
-    assert st["ok"] and st["endpoints"] >= 2 and st["events_lost"] == 0
+    full = json.loads(tendril("status", "-o", "json", "--lab", lab.name).stdout)
+    st = full["nodes"][0]
+    assert full["ok"] and st["ok"] and st["endpoints"] >= 2 and st["events_lost"] == 0
+    assert full["kvstore"] == {"endpoint": "embedded", "ok": True}
     r = tendril("exec", "--lab", lab.name, "probe", "--", "cat", "/proc/self/cgroup")
     assert "tendril" in r.stdout and "probe" in r.stdout
 

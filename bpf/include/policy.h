@@ -87,7 +87,8 @@ static __always_inline int tnd_match_l4_rank(__u8 match_type)
 }
 
 /*
- * The policy step (see the top of this file). Sets p->remote_id when it looks the peer up.
+ * The policy step (see the top of this file). Sets p->remote_id when it looks the peer up (a
+ * remote_id set before, the source identity an overlay packet carried, is used as it is).
  * Returns 0 (forward) or the drop reason.
  */
 static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h,
@@ -108,7 +109,8 @@ static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pk
 		return 0;
 	if (tnd_policy_exempt_icmpv6(p))
 		return 0;
-	p->remote_id = tnd_peer_identity(p, !egress);
+	if (!p->remote_id)      /* already known when the packet came through the overlay (overlay.h) */
+		p->remote_id = tnd_peer_identity(p, !egress);
 
 	k.prefixlen = TND_POLICY_FULL_PREFIX;
 	k.identity = p->remote_id;

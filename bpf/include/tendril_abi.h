@@ -41,6 +41,7 @@
 #define TND_DROP_UNSUPPORTED_L3          139
 #define TND_DROP_WRITE_ERROR             141  /* "Error writing to packet" (NAT rewrite failed) */
 #define TND_DROP_UNKNOWN_L4              142
+#define TND_DROP_NO_TUNNEL_KEY           147  /* "Error retrieving tunnel key" (overlay device)   */
 #define TND_DROP_CT_MAP_INSERTION_FAILED 155
 #define TND_DROP_INVALID_IPV6_EXTHDR     156
 #define TND_DROP_POLICY_DENY             181  /* "Policy denied by denylist": a deny rule matched */
@@ -196,8 +197,10 @@ struct tnd_metrics_value {
 
 /* Agent-written settings, array map with one entry. */
 struct tnd_settings {
-	__u32 trace_level;  /* TND_TRACE_LEVEL_* */
-	__u32 flags;        /* bit 0: source IP verification enabled (default on) */
+	__u32 trace_level;      /* TND_TRACE_LEVEL_* */
+	__u32 flags;            /* bit 0: source IP verification enabled (default on) */
+	__u32 overlay_ifindex;  /* the node's VXLAN device (tnd_vxlan); 0 = no overlay (native routing) */
+	__u32 pad;
 };
 #define TND_SETTINGS_SOURCE_IP_CHECK (1 << 0)
 #define TND_SETTINGS_POLICY_AUDIT    (1 << 1)  /* PolicyAuditMode: report would-be policy drops, pass them */
@@ -216,8 +219,35 @@ struct tnd_ipcache_key {
 
 struct tnd_ipcache_value {
 	__u32 identity;
-	__u32 flags;        /* reserved */
+	__be32 tunnel_endpoint;  /* IPv4 underlay address of the node hosting this IP (network order);
+	                          * 0 = local, or not reached through the overlay */
 };
+
+/*
+ * ---- Overlay (VXLAN, Cilium's layout; datapath in bpf/include/overlay.h and bpf/overlay.c) ----
+ *
+ * Every node has one VXLAN device in collect-metadata ("external") mode, UDP port TND_VXLAN_PORT
+ * (Cilium's 8472), learning off, with the same MAC on every node, TND_OVERLAY_MAC (48 bits, most
+ * significant byte first on the wire: 02:74:6e:64:00:01), so a decapsulated frame addressed to it is
+ * PACKET_HOST on whichever node receives it.
+ *
+ * Send (tnd_from_container): a packet the egress policy allowed whose destination has an ipcache
+ * entry with a tunnel_endpoint, while settings.overlay_ifindex is set, gets inner Ethernet
+ * destination TND_OVERLAY_MAC and source = the MAC the pod sent it to (its host veth), tunnel key
+ * {remote_ipv4 = tunnel_endpoint, tunnel_id (VNI) = the source endpoint's identity, ttl 64, UDP
+ * checksum 0}, a trace event at TND_TRACE_TO_OVERLAY instead of FROM_LXC, and is redirected to the
+ * overlay device. The VNI is 24 bits: identities of endpoints must stay below 2^24.
+ *
+ * Receive (tnd_from_overlay, tc ingress of the VXLAN device): source identity = the VNI, with the
+ * reserved HOST (1) read as REMOTE_NODE (6) and 0 as WORLD (2); it is handed to tnd_to_container in
+ * skb->mark = identity << TND_MARK_IDENTITY_SHIFT | TND_MARK_MAGIC_IDENTITY, which uses it as the
+ * peer identity (policy and events) instead of an ipcache lookup of the source, then clears the mark.
+ */
+#define TND_VXLAN_PORT            8472
+#define TND_OVERLAY_MAC           0x02746e640001     /* 02:74:6e:64:00:01 (a long literal) */
+#define TND_MARK_MAGIC_MASK       0xFF
+#define TND_MARK_MAGIC_IDENTITY   0xE5               /* low byte of skb->mark: identity above it */
+#define TND_MARK_IDENTITY_SHIFT   8
 
 /*
  * Policy: tnd_policy is an ARRAY_OF_MAPS indexed by endpoint ID; each inner map is an LPM trie of

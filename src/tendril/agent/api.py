@@ -60,7 +60,7 @@ def build_app(agent: Agent) -> Starlette:
         return await call(agent.namespace_apply, request.path_params["name"], body.get("labels", {}))
 
     async def namespace_delete(request: Request) -> Response:
-        return await call(agent.pods.delete_namespace, request.path_params["name"])
+        return await call(agent.namespace_delete, request.path_params["name"])
 
     async def pods(request: Request) -> Response:
         ns = request.query_params.get("namespace")
@@ -141,12 +141,12 @@ def build_app(agent: Agent) -> Starlette:
 
     async def policy_import(request: Request) -> Response:
         b = await request.json()
-        return await call(agent.policy.import_text, b["text"], b.get("source", "<stdin>"))
+        return await call(agent.policy_import, b["text"], b.get("source", "<stdin>"))
 
     async def policy_delete(request: Request) -> Response:
         p = request.path_params
         ns = p["ns"] if p["ns"] != "-" else None
-        return await call(agent.policy.delete, p["kind"], ns, p["name"])
+        return await call(agent.policy_delete, p["kind"], ns, p["name"])
 
     async def identities(request: Request) -> Response:
         return JSONResponse(agent.policy.identity_list())
@@ -159,10 +159,10 @@ def build_app(agent: Agent) -> Starlette:
 
     async def service_apply(request: Request) -> Response:
         b = await request.json()
-        return await call(agent.services.apply_text, b["text"], b.get("source", "<stdin>"))
+        return await call(agent.service_apply, b["text"], b.get("source", "<stdin>"))
 
     async def service_delete(request: Request) -> Response:
-        return await call(agent.services.delete, request.path_params["ns"], request.path_params["name"])
+        return await call(agent.service_delete, request.path_params["ns"], request.path_params["name"])
 
     routes = [
         Route("/v1/services", services),

@@ -33,6 +33,12 @@ class NodeConfig:
     prometheus_serve_addr: str = ":9962"  # agent metrics ("" = off)
     bpf_lb_algorithm: str = "random"  # random | maglev (per service: service.cilium.io/lb-algorithm)
     bpf_lb_maglev_table_size: int = 16381  # a prime, as Cilium's --bpf-lb-maglev-table-size
+    underlay_ip6: str = ""
+    cluster: str = "default"  # the cluster's name (Hubble TLS server names, etcd keys are per store)
+    routing: str = "native"  # native | vxlan (between nodes)
+    kvstore: str = ""  # "" / "embedded": in-process store; "etcd://host:port" for many nodes
+    kvstore_lease_ttl: float = 10.0  # seconds until a dead agent's node, endpoints and refs expire
+    hubble_tls_dir: str = ""  # CA + node certificates: the TCP Observer then requires mTLS
     hubble_export_file: str = ""
     hubble_export_file_max_size_mb: int = 10
     hubble_export_file_max_backups: int = 5
@@ -60,3 +66,4 @@ class NodeConfig:
 
 
 TRACE_LEVELS = {"all": 0, "medium": 1, "none": 2}
+ROUTING_MODES = ("native", "vxlan")

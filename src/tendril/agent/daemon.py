@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from tendril.agent.api import build_app
-from tendril.agent.config import TRACE_LEVELS, NodeConfig
+from tendril.agent.config import ROUTING_MODES, TRACE_LEVELS, NodeConfig
 from tendril.agent.datapath import Datapath
 from tendril.agent.endpoints import EndpointManager
 from tendril.agent.events import EventPump
@@ -59,11 +59,21 @@ class Agent:
                 raise TendrilError(f"node network namespace {self.config.netns!r} does not exist")
         self.datapath.load()
         self.datapath.configure(TRACE_LEVELS[self.config.trace_level], audit=self.state.policy_audit)
+        self._setup_routing()
         self.policy = PolicyEngine(self.config, self.state, self.datapath)
         self.tables = Tables()
         self.ring = FlowRing(self.config.hubble_buffer_capacity)
         self.endpoints = EndpointManager(self.config, self.state, self.datapath, self.tables)
         self.endpoints.policy = self.policy
+        from tendril.agent.cluster import ClusterSync
+        from tendril.hubble.peer import PeerSource
+
+        self.peer_source = PeerSource()
+        self.cluster = ClusterSync(self)  # an unreachable kvstore stops the start here, naming it
+        self.policy.alloc.use_cluster_numbers(self.cluster.allocate_identity, self.cluster.release_identity)
+        self.policy.remote_ipcache = self.cluster.ipcache_entries
+        self.policy.remote_named_ports = self.cluster.remote_named_ports
+        self.endpoints.cluster = self.cluster
         self._attach_services()
         failed = self.endpoints.restore()
         if failed:
@@ -76,6 +86,7 @@ class Agent:
         self.endpoints.services = self.services
         self.pods.services = self.services
         self.services.sync()
+        self.cluster.start()
         reader = RingBufferReader(self.datapath.events_map, abi.EVENT_DTYPE)
         node_id = self.tables.strings.intern(self.config.name)
         self.pump = EventPump(reader, self.ring, node_id, self.endpoints)
@@ -86,10 +97,22 @@ class Agent:
         self.observability = Observability(self)
         self.observability.attach()
 
+    def _setup_routing(self) -> None:
+        """VXLAN mode: the overlay device and its decapsulation program (native mode needs only the
+        routes the cluster state brings)."""
+        if self.config.routing not in ROUTING_MODES:
+            raise TendrilError(f"routing {self.config.routing!r}: one of {', '.join(ROUTING_MODES)}")
+        if self.config.routing == "vxlan" and self.config.netns:
+            from tendril.datapath import overlay
+
+            self.datapath.attach_overlay(overlay.ensure_vxlan(self.config.netns, self.config.mtu))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.pump.start(loop)
+        self.cluster.attach_loop(loop)
         gc_task = loop.create_task(self._gc_loop())
+        publish_task = loop.create_task(self._publish_loop())
         observer = await self._start_observer()
         self.observability.serve()
         sock = paths.agent_socket(self.config.name)
@@ -113,6 +136,8 @@ class Agent:
         await observer.stop(1.0)
         self.observability.close()
         gc_task.cancel()
+        publish_task.cancel()
+        self.cluster.close()
         self.pump.stop(loop)
         self.datapath.close()
 
@@ -133,7 +158,16 @@ class Agent:
             on_lost=self._count_lost,
         )
         self.observer_ctx = ctx
-        server = await start_observer(ctx, str(paths.hubble_socket(self.config.name)), tcp)
+        tls = None
+        if self.config.hubble_tls_dir:
+            from pathlib import Path
+
+            from tendril.hubble.tls import TlsLayout
+
+            tls = TlsLayout(Path(self.config.hubble_tls_dir)).node_server_tls(self.config.name)
+        server = await start_observer(
+            ctx, str(paths.hubble_socket(self.config.name)), tcp, peer_source=self.peer_source, tls=tls
+        )
         log.info("hubble observer on %s and %s", paths.hubble_socket(self.config.name), tcp or "no TCP")
         return server
 
@@ -165,6 +199,14 @@ class Agent:
                 ifindex = link.ifindex if link else None
         self.datapath.attach_services(node_cg, ifindex)
 
+    async def _publish_loop(self, interval: float = 1.0) -> None:
+        """Pods become ready (or die) without an API call: keep the published endpoints current."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            async with self.lock:
+                await loop.run_in_executor(None, self.cluster.publish)
+
     async def _gc_loop(self, interval: float = 10.0) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -193,6 +235,7 @@ class Agent:
             "pod_cidr_v4": self.config.pod_cidr_v4,
             "pod_cidr_v6": self.config.pod_cidr_v6,
             "ring_bytes": self.config.ring_bytes,
+            "cluster": self.cluster.status(),
             "hubble": {
                 "num_flows": len(self.ring),
                 "max_flows": self.ring.capacity,
@@ -249,8 +292,54 @@ class Agent:
     def endpoint_delete(self, ns: str, pod: str) -> dict[str, Any]:
         return dict(self.endpoints.delete(ns, pod).__dict__)
 
+    # ---- cluster configuration: applied here, then mirrored to the other nodes (kvstore) --------
     def namespace_apply(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
-        return {"created": self.pods.ensure_namespace(name, labels)}
+        created = self.pods.ensure_namespace(name, labels)
+        rev = self.cluster.publish_config("namespaces", name, {"labels": dict(labels)})
+        return {"created": created, "kvstore_revision": rev}
+
+    def namespace_delete(self, name: str) -> dict[str, Any]:
+        deleted = self.pods.delete_namespace(name)
+        rev = self.cluster.publish_config("namespaces", name, None)
+        return {"deleted": deleted, "kvstore_revision": rev}
+
+    def policy_import(self, text: str, source: str) -> dict[str, Any]:
+        from tendril.agent.cluster import policy_name
+
+        result = self.policy.import_text(text, source)
+        by_name = {policy_name(p.kind, p.namespace, p.name): p for p in self.policy.repo.policies()}
+        rev = 0
+        for r in result["results"]:
+            name = policy_name(r["kind"], r["namespace"], r["name"])
+            doc = {"document": by_name[name].document}
+            rev = max(rev, self.cluster.publish_config("policies", name, doc))
+        result["kvstore_revision"] = rev
+        return result
+
+    def policy_delete(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
+        from tendril.agent.cluster import policy_name
+
+        result = self.policy.delete(kind, namespace, name)
+        d = result["deleted"]
+        result["kvstore_revision"] = self.cluster.publish_config(
+            "policies", policy_name(d["kind"], d["namespace"], d["name"]), None
+        )
+        return result
+
+    def service_apply(self, text: str, source: str) -> dict[str, Any]:
+        results = self.services.apply_text(text, source)
+        rev = 0
+        for r in results:
+            rec = self.services.manager.get(r["namespace"], r["name"])
+            if rec is not None:
+                doc = {"document": self.services.filled_document(rec)}
+                rev = max(rev, self.cluster.publish_config("services", rec.key, doc))
+        return {"results": results, "kvstore_revision": rev}
+
+    def service_delete(self, namespace: str, name: str) -> dict[str, Any]:
+        result = self.services.delete(namespace, name)
+        result["kvstore_revision"] = self.cluster.publish_config("services", f"{namespace}/{name}", None)
+        return result
 
     def pod_apply(
         self,

@@ -3,6 +3,12 @@
 Loading always goes through the pinned maps (libbpf reuses them by name), so a restarted agent gets
 the same conntrack, metrics and ring buffer the kernel kept using while it was away; the pinned tcx
 links are then switched to the freshly loaded programs atomically, so traffic never sees a gap.
+
+Overlay: ``attach_overlay(ifindex)`` loads overlay.o (it shares the pinned maps) and attaches
+tnd_from_overlay to the ingress of the node's VXLAN device (see tendril.datapath.overlay), then
+``set_overlay(ifindex)`` makes tnd_from_container send packets for remote pods (ipcache entries with
+a tunnel endpoint) into it. ``set_overlay(0)`` = native routing. ``configure()`` and
+``set_overlay()`` each change only their own fields of the settings map.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class Datapath:
         self.object_path = object_path or paths.bpf_object_dir() / "lxc.o"
         self.ring_bytes = ring_bytes
         self.obj: BpfObject | None = None
+        self.sock_obj: BpfObject | None = None
+        self.overlay_obj: BpfObject | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -56,6 +64,7 @@ class Datapath:
         ensure_bpffs()
         self.pin_dir.mkdir(parents=True, exist_ok=True)
         self.link_dir.mkdir(parents=True, exist_ok=True)
+        old_settings = self._retire_stale_settings_pin()
         obj = BpfObject.open(
             self.object_path, pin_root=self.pin_dir, map_sizes={"tnd_events": self.ring_bytes}
         )
@@ -65,16 +74,40 @@ class Datapath:
         self.ct = TypedMap(obj.map("tnd_ct"), abi.CT_KEY_DTYPE, abi.CT_VALUE_DTYPE)
         self.metrics = TypedMap(obj.map("tnd_metrics"), U32, abi.METRICS_VALUE_DTYPE)
         self.settings = TypedMap(obj.map("tnd_settings"), U32, abi.SETTINGS_DTYPE)
+        if old_settings is not None:  # carry trace level and flags over from the older layout
+            value = np.zeros((), dtype=abi.SETTINGS_DTYPE)
+            raw = bytearray(value.tobytes())
+            n = min(len(old_settings), abi.SETTINGS_DTYPE.fields["overlay_ifindex"][1])
+            raw[:n] = old_settings[:n]
+            self.settings.update(np.uint32(0), np.frombuffer(bytes(raw), abi.SETTINGS_DTYPE)[0])
         self.lost = TypedMap(obj.map("tnd_lost"), U32, np.dtype("<u8"))
         self.events_map: Map = obj.map("tnd_events")
 
+    def _retire_stale_settings_pin(self) -> bytes | None:
+        """A tnd_settings pinned by an older datapath with another value layout cannot be reused (libbpf
+        refuses the load): unpin it and return its old value; the programs still attached keep their
+        map until their links are re-pointed. None when there is nothing to migrate."""
+        pin = self.pin_dir / abi.MAP_SETTINGS
+        if not pin.exists():
+            return None
+        with Map.open_pinned(pin) as m:
+            if m.value_size == abi.SETTINGS_DTYPE.itemsize:
+                return None
+            old = m.lookup(bytes(4)) or b""
+        log.info(
+            "tnd_settings pinned with %d-byte values: replacing it (now %d)",
+            len(old),
+            abi.SETTINGS_DTYPE.itemsize,
+        )
+        pin.unlink()
+        return old
+
     def close(self) -> None:
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-        if getattr(self, "sock_obj", None) is not None:
-            self.sock_obj.close()
-            self.sock_obj = None
+        for attr in ("obj", "sock_obj", "overlay_obj"):
+            obj = getattr(self, attr, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, attr, None)
 
     # ---- service load balancing ----------------------------------------------------------------
     def attach_services(self, node_cgroup: Path, netdev_ifindex: int | None) -> None:
@@ -120,15 +153,73 @@ class Datapath:
             return
         self.cgroups.delete(np.uint64(os.stat(cgroup_path).st_ino))
 
+    def _settings_value(self) -> np.void:
+        current = self.settings.lookup(np.uint32(0))
+        return current.copy() if current is not None else np.zeros((), dtype=abi.SETTINGS_DTYPE)[()]
+
     def configure(self, trace_level: int, audit: bool = False, source_ip_check: bool = True) -> None:
-        """Datapath settings: trace aggregation, PolicyAuditMode, source IP verification."""
-        value = np.zeros((), dtype=abi.SETTINGS_DTYPE)
+        """Datapath settings: trace aggregation, PolicyAuditMode, source IP verification (the overlay
+        device set by set_overlay() is kept)."""
+        value = self._settings_value()
         value["trace_level"] = trace_level
         flags = abi.SETTINGS_SOURCE_IP_CHECK if source_ip_check else 0
         if audit:
             flags |= abi.SETTINGS_POLICY_AUDIT
         value["flags"] = flags
         self.settings.update(np.uint32(0), value)
+
+    # ---- overlay (VXLAN) -----------------------------------------------------------------------
+    def set_overlay(self, ifindex: int) -> None:
+        """The VXLAN device tnd_from_container sends remote pods' traffic into; 0 = native routing.
+        Only this field of the settings changes (trace level and flags are kept)."""
+        if ifindex < 0:
+            raise ValueError(f"overlay ifindex {ifindex}: must be >= 0 (0 = no overlay)")
+        value = self._settings_value()
+        value["overlay_ifindex"] = ifindex
+        self.settings.update(np.uint32(0), value)
+
+    def overlay_ifindex(self) -> int:
+        """The overlay device the datapath uses now (0 = none)."""
+        return int(self._settings_value()["overlay_ifindex"])
+
+    def attach_overlay(self, ifindex: int) -> None:
+        """Attach tnd_from_overlay (overlay.o, sharing the pinned maps) to the VXLAN device's ingress
+        with a pinned link (a restarted agent calling this again re-points it atomically; a link left
+        on a device that was recreated is replaced), then set_overlay(ifindex)."""
+        assert self.obj is not None, "load() first"
+        if ifindex <= 0:
+            raise ValueError(f"overlay ifindex {ifindex}: need the VXLAN device's ifindex")
+        if self.overlay_obj is None:
+            obj = BpfObject.open(
+                paths.bpf_object_dir() / "overlay.o",
+                pin_root=self.pin_dir,
+                map_sizes={"tnd_events": self.ring_bytes},
+            )
+            try:
+                obj.load()
+            except BaseException:
+                obj.close()
+                raise
+            self.overlay_obj = obj
+        attach_tc(
+            self.overlay_obj.program(abi.PROG_FROM_OVERLAY), ifindex, "ingress", pin_path=self._overlay_link
+        ).close()
+        self.set_overlay(ifindex)
+
+    def detach_overlay(self) -> None:
+        """Back to native routing: stop encapsulating (set_overlay(0)), then detach tnd_from_overlay."""
+        self.set_overlay(0)
+        pin = self._overlay_link
+        if pin.exists():
+            try:
+                Link.open_pinned(pin).detach()
+            except Exception as e:  # the device is gone: only the pin is left
+                log.info("detach overlay: %s", e)
+            pin.unlink(missing_ok=True)
+
+    @property
+    def _overlay_link(self) -> Path:
+        return self.link_dir / "overlay-ingress"
 
     # ---- endpoints -----------------------------------------------------------------------------
     def _link_path(self, ifname: str, direction: str) -> Path:

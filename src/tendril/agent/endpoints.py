@@ -43,6 +43,7 @@ class EndpointManager:
         self.ipam = IPAM.from_dict(state.ipam) if state.ipam else IPAM(config.pod_cidr_v4, config.pod_cidr_v6)
         self.on_delete: list = []  # callbacks(EndpointMeta) when an endpoint goes away
         self.policy: Any = None  # the PolicyEngine, set by the agent once it exists
+        self.cluster: Any = None  # the ClusterSync (remote pods' names for flows), set by the agent
         self._ip_ids: dict[bytes, int] = {}
         self._ifnames: dict[int, str] = {}
         self._reindex()
@@ -76,6 +77,9 @@ class EndpointManager:
     def _peer_meta_id(self, raw: bytes) -> int:
         if self.policy is None or raw == bytes(16):
             return 0
+        remote = self.cluster.remote_meta(raw) if self.cluster is not None else None
+        if remote is not None:  # a pod on another node: named as Hubble names remote pods
+            return self.tables.endpoints.intern(remote)
         ip = ipaddress.IPv4Address(raw[:4]) if raw[4:] == bytes(12) else ipaddress.IPv6Address(raw)
         # fe80::1 is the node's router on every veth: the host
         ident = 1 if raw == _ROUTER_LL else self.policy.ipcache.lookup(ip)

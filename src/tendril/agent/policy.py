@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,6 +94,10 @@ class PolicyEngine:
         self._outer = datapath.obj.map(abi.MAP_POLICY)
         keys, _ = self._ipcache_map.to_arrays()
         self._written_ipcache = {_key_prefix(k) for k in keys}
+        self._written_tunnels: dict[str, str] = {}  # unknown after a restart: rewritten once
+        # Remote pods and nodes (prefix -> (identity, tunnel endpoint)), from the cluster state.
+        self.remote_ipcache: Callable[[], dict[str, tuple[int, str]]] = dict
+        self.remote_named_ports: Callable[[int], dict[str, list[tuple[int, int]]]] = lambda ident: {}
 
     # ---- identities ----------------------------------------------------------------------------
     def labels_for(self, ep: EndpointRecord) -> list[str]:
@@ -101,7 +106,9 @@ class PolicyEngine:
         return sorted(identity_labels(ep.namespace, ep.labels, ns_labels, cluster="default"))
 
     def _peer_named_ports(self, identity: int) -> dict[str, list[tuple[int, int]]]:
-        out: dict[str, list[tuple[int, int]]] = {}
+        out: dict[str, list[tuple[int, int]]] = {
+            name: list(ports) for name, ports in self.remote_named_ports(identity).items()
+        }
         for ep in self.state.endpoints.values():
             if ep.identity == identity:
                 for name, (port, proto) in ep.named_ports.items():
@@ -176,6 +183,11 @@ class PolicyEngine:
 
     def _write_ipcache(self, endpoints: list[EndpointRecord], cidrs: set[str]) -> None:
         desired: dict[str, int] = {}
+        tunnels: dict[str, str] = {}
+        for prefix, (ident, tunnel) in self.remote_ipcache().items():
+            desired[prefix] = ident
+            if tunnel:
+                tunnels[prefix] = tunnel
         for prefix in cidrs:
             ident = self.alloc.cidr_identity_of(prefix)
             if ident is not None and ident != ReservedIdentity.WORLD:  # /0 is what "no entry" means
@@ -185,14 +197,22 @@ class PolicyEngine:
             if ip:
                 desired[_prefix(ip)] = host
         for ep in endpoints:
-            desired[_prefix(ep.ipv4)] = ep.identity
-            desired[_prefix(ep.ipv6)] = ep.identity
+            for ip in (ep.ipv4, ep.ipv6):
+                desired[_prefix(ip)] = ep.identity
+                tunnels.pop(_prefix(ip), None)
         for prefix, ident in desired.items():
-            if self.ipcache.entries.get(prefix) != ident or prefix not in self._written_ipcache:
-                self._ipcache_map.update(abi.ipcache_key(prefix), abi.ipcache_value(ident))
+            tunnel = tunnels.get(prefix, "")
+            if (
+                self.ipcache.entries.get(prefix) != ident
+                or prefix not in self._written_ipcache
+                or self._written_tunnels.get(prefix, "") != tunnel
+            ):
+                value = abi.ipcache_value(ident, tunnel) if tunnel else abi.ipcache_value(ident)
+                self._ipcache_map.update(abi.ipcache_key(prefix), value)
         for prefix in self._written_ipcache - set(desired):
             self._ipcache_map.delete(abi.ipcache_key(prefix))
         self._written_ipcache = set(desired)
+        self._written_tunnels = tunnels
         self.ipcache.replace(desired)
 
     def forget_endpoint(self, ep: EndpointRecord) -> None:

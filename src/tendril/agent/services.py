@@ -88,13 +88,51 @@ class ServiceEngine:
             )
         return out
 
+    def all_pods(self) -> list[PodInfo]:
+        return self.pods() + self.remote_pods()
+
+    def remote_pods(self) -> list[PodInfo]:
+        """Pods on the other nodes (from the kvstore): backends like local ones; the datapath routes
+        or tunnels to them."""
+        cluster = getattr(self.agent, "cluster", None)
+        if cluster is None:
+            return []
+        return [
+            PodInfo(
+                ep.namespace,
+                ep.pod,
+                dict(ep.labels),
+                ep.ready,
+                ep.ipv4,
+                ep.ipv6,
+                tuple(PodPort(port, name or None, proto) for port, name, proto in ep.ports),
+            )
+            for ep in sorted(cluster.remote_ready_endpoints(), key=lambda e: e.key)
+        ]
+
+    def filled_document(self, record: Any) -> dict[str, Any]:
+        """The Service as applied plus what was allocated for it (ClusterIPs, nodePorts), so every
+        node of a cluster that applies this document uses the same addresses."""
+        import copy
+
+        doc = copy.deepcopy(record.service.document())
+        spec = doc.setdefault("spec", {})
+        ips = list(record.allocation.cluster_ips)
+        if ips and not record.service.headless:
+            spec["clusterIP"], spec["clusterIPs"] = ips[0], ips
+        for port in spec.get("ports", []):
+            node_port = record.allocation.node_ports.get(f"{port['port']}/{port.get('protocol', 'TCP')}")
+            if node_port:
+                port["nodePort"] = node_port
+        return doc
+
     def node_addresses(self) -> list[str]:
         return [a for a in (self.agent.config.underlay_ip,) if a]
 
     def sync(self, force: bool = False) -> dict[str, int]:
         """Bring the maps to the desired state; a no-op (no recomputation) when neither the services
         nor the pods' readiness, labels or addresses changed since the last sync."""
-        pods = self.pods()
+        pods = self.all_pods()
         fingerprint = (self.manager.revision, tuple(pods), tuple(self.node_addresses()))
         if not force and fingerprint == getattr(self, "_last", None):
             return {}
@@ -190,7 +228,7 @@ class ServiceEngine:
                 raise InvalidInputError(
                     f'Service "{svc.metadata.name}": namespaces "{svc.namespace}" not found'
                 )
-        pods = self.pods()
+        pods = self.all_pods()
         for svc in services:  # every document is checked before anything is applied
             check_target_ports(svc, pods, source)
         results = self.manager.apply(services, source, time.time())
@@ -235,7 +273,7 @@ class ServiceEngine:
         from tendril.workload.dns_server import write_records
 
         services = []
-        pods = {(p.namespace, p.name): p for p in self.pods()}
+        pods = {(p.namespace, p.name): p for p in self.all_pods()}
         for r in self.manager.list():
             svc = r.service
             endpoints = []

@@ -69,6 +69,7 @@ class DropReason(IntEnum):
     UNSUPPORTED_L3 = 139
     WRITE_ERROR = 141  # "Error writing to packet" (NAT rewrite failed)
     UNKNOWN_L4 = 142
+    NO_TUNNEL_KEY = 147  # "Error retrieving tunnel key": tnd_from_overlay on a device without tunnel info
     CT_MAP_INSERTION_FAILED = 155
     INVALID_IPV6_EXTHDR = 156
     NO_SERVICE_BACKEND = 158  # "Service backend not found"
@@ -238,6 +239,33 @@ class SettingsFlags(IntFlag):
 SETTINGS_SOURCE_IP_CHECK = int(SettingsFlags.SOURCE_IP_CHECK)
 SETTINGS_POLICY_AUDIT = int(SettingsFlags.POLICY_AUDIT)
 
+# ---- overlay (VXLAN; tendril_abi.h "Overlay") ------------------------------------------------------
+
+VXLAN_PORT = 8472  # UDP destination port of the overlay (Cilium's)
+OVERLAY_MAC = 0x02746E640001  # every node's VXLAN device has this MAC (inner destination MAC)
+OVERLAY_MAC_ADDR = ":".join(f"{(OVERLAY_MAC >> (8 * i)) & 0xFF:02x}" for i in range(5, -1, -1))
+# skb->mark from tnd_from_overlay to tnd_to_container: identity << MARK_IDENTITY_SHIFT | MARK_MAGIC_IDENTITY
+MARK_MAGIC_MASK = 0xFF
+MARK_MAGIC_IDENTITY = 0xE5
+MARK_IDENTITY_SHIFT = 8
+
+
+def overlay_mark(identity: int) -> int:
+    """The skb->mark carrying a source identity from the overlay to tnd_to_container (identity < 2^24)."""
+    if not 0 <= identity < 1 << 24:
+        raise ValueError(f"identity {identity} does not fit the 24-bit VNI")
+    return identity << MARK_IDENTITY_SHIFT | MARK_MAGIC_IDENTITY
+
+
+def overlay_vni_identity(vni: int) -> int:
+    """The source identity tnd_from_overlay reads from a VNI: 0 -> WORLD, HOST -> REMOTE_NODE."""
+    if vni == Identity.UNKNOWN:
+        return int(Identity.WORLD)
+    if vni == Identity.HOST:
+        return int(Identity.REMOTE_NODE)
+    return vni
+
+
 # ---- structs ------------------------------------------------------------------------------------
 
 EVENT_DTYPE = _struct(
@@ -316,7 +344,15 @@ METRICS_KEY_DTYPE = np.dtype("u4")
 METRICS_VALUE_DTYPE = _struct([("packets", "u8"), ("bytes", "u8")], 16)
 
 SETTINGS_KEY_DTYPE = np.dtype("u4")
-SETTINGS_DTYPE = _struct([("trace_level", "u4"), ("flags", "u4")], 8)
+SETTINGS_DTYPE = _struct(
+    [
+        ("trace_level", "u4"),
+        ("flags", "u4"),
+        ("overlay_ifindex", "u4"),  # the node's VXLAN device; 0 = no overlay (native routing)
+        ("pad", "u4"),
+    ],
+    16,
+)
 
 LOST_KEY_DTYPE = np.dtype("u4")
 LOST_VALUE_DTYPE = np.dtype("u8")  # events the datapath could not reserve in tnd_events
@@ -326,7 +362,15 @@ IPCACHE_KEY_DTYPE = _struct(
     [("prefixlen", "u4"), ("pad", ("u1", 3)), ("family", "u1"), ("addr", ("u1", 16))],
     24,
 )
-IPCACHE_VALUE_DTYPE = _struct([("identity", "u4"), ("flags", "u4")], 8)
+IPCACHE_VALUE_DTYPE = _struct(
+    [
+        ("identity", "u4"),
+        # IPv4 underlay address of the node hosting the IP (network order: int(IPv4Address) reads
+        # and writes it); 0 = local or not reached through the overlay
+        ("tunnel_endpoint", ">u4"),
+    ],
+    8,
+)
 
 POLICY_KEY_DTYPE = _struct(
     [
@@ -511,6 +555,9 @@ PROG_FROM_CONTAINER = "tnd_from_container"  # tc ingress on the host-side veth (
 PROG_TO_CONTAINER = "tnd_to_container"  # tc egress on the host-side veth (pod ingress)
 PROGRAM_NAMES: tuple[str, str] = (PROG_FROM_CONTAINER, PROG_TO_CONTAINER)
 
+# build/bpf/overlay.o: the receiving end of the VXLAN overlay.
+PROG_FROM_OVERLAY = "tnd_from_overlay"  # tcx ingress on the node's VXLAN device
+
 # build/bpf/sock.o: the service load balancer.
 PROG_FROM_NETDEV = "tnd_from_netdev"  # tcx ingress on the node's underlay device (NodePort DNAT)
 # cgroup programs -> their enum bpf_attach_type (tendril.bpf.AttachType) for attach_cgroup().
@@ -543,9 +590,12 @@ def ipcache_key(ip_or_cidr: str) -> np.void:
     return k[()]
 
 
-def ipcache_value(identity: int, flags: int = 0) -> np.void:
+def ipcache_value(identity: int, tunnel_endpoint: str | ipaddress.IPv4Address | None = "") -> np.void:
+    """A tnd_ipcache value: the identity and, for an IP on another node reached through the overlay,
+    that node's IPv4 underlay address ("" / None = local or not tunnelled)."""
     v = np.zeros((), IPCACHE_VALUE_DTYPE)
-    v["identity"], v["flags"] = identity, flags
+    v["identity"] = identity
+    v["tunnel_endpoint"] = int(ipaddress.IPv4Address(tunnel_endpoint)) if tunnel_endpoint else 0
     return v[()]
 
 

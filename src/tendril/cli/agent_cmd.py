@@ -80,6 +80,8 @@ def apply_hubble_options(cfg: NodeConfig, values: dict) -> None:
     help="Trace events: all (every packet), medium (new connections, TCP SYN/FIN/RST; default) "
     "or none (drops only).",
 )
+@click.option("--kvstore", default=None, help="etcd://host:port, or 'embedded' (default: from node.json).")
+@click.option("--routing", type=click.Choice(["native", "vxlan"]), default=None)
 @hubble_options
 def agent(
     node: str,
@@ -87,6 +89,8 @@ def agent(
     pod_cidr_v4: str | None,
     pod_cidr_v6: str | None,
     trace_level: str | None,
+    kvstore: str | None,
+    routing: str | None,
     **hubble: object,
 ) -> None:
     """Run the Tendril agent for NODE (needs root)."""
@@ -104,6 +108,10 @@ def agent(
         cfg.pod_cidr_v6 = pod_cidr_v6
     if trace_level:
         cfg.trace_level = trace_level
+    if kvstore is not None:
+        cfg.kvstore = "" if kvstore == "embedded" else kvstore
+    if routing:
+        cfg.routing = routing
     apply_hubble_options(cfg, hubble)
     try:
         validate_capacity(cfg.hubble_buffer_capacity)

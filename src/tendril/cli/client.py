@@ -91,3 +91,49 @@ class AgentClient:
                         yield json.loads(line)
         except (httpx.TransportError, OSError) as e:
             raise self._unreachable(e) from None
+
+
+def cluster_write(
+    nodes: list[str], method: str, path: str, body: Any = None, timeout: float = 600.0, wait: float = 20.0
+) -> Any:
+    """Cluster configuration (namespaces, policies, services) goes to one agent, which applies it and
+    publishes it in the kvstore; the others converge from there. Returns that agent's answer once
+    every other node reports having applied that kvstore revision (a warning names any that did not
+    within `wait` seconds: it will still converge when it can)."""
+    import sys
+    import time
+
+    up = [n for n in nodes if agent_healthy(n)] if len(nodes) > 1 else nodes
+    first = up[0] if up else nodes[0]  # a stopped node catches up from the kvstore when it returns
+    with AgentClient(first, timeout=timeout) as c:
+        result = c.request(method, path, **({"json": body} if body is not None else {}))
+    rev = int(result.get("kvstore_revision", 0)) if isinstance(result, dict) else 0
+    others = [n for n in up if n != first]
+    if not others:
+        return result
+    if rev == 0:
+        print(f"Warning: the kvstore is unreachable: applied on {first} only for now", file=sys.stderr)
+        return result
+    deadline = time.monotonic() + wait
+    pending = list(others)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for n in pending:
+            try:
+                with AgentClient(n, timeout=5.0) as c:
+                    seen = int(c.get("/v1/status").get("cluster", {}).get("config_revision", 0))
+            except TendrilError:
+                seen = 0
+            if seen < rev:
+                still.append(n)
+        pending = still
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        print(f"Warning: not yet applied on {', '.join(pending)} (kvstore revision {rev})", file=sys.stderr)
+    return result
+
+
+def agent_healthy(node: str) -> bool:
+    with AgentClient(node) as c:
+        return c.healthy()

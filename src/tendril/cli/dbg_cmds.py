@@ -274,45 +274,6 @@ def config(settings: tuple[str, ...], node: str | None, lab: str) -> None:
         click.echo(render([[f"{k}", ":", str(v)] for k, v in cfg.items()], padding=1))
 
 
-@click.command()
-@node_option
-@lab_option
-@json_option
-def status(node: str | None, lab: str, output: str) -> None:
-    """Agent health per node."""
-    out = []
-    for n in resolve_nodes(lab, node):
-        with AgentClient(n) as c:
-            try:
-                out.append({"ok": True, **c.get("/v1/status")})
-            except Exception as e:  # report, don't stop at the first unreachable node
-                out.append({"ok": False, "node": n, "error": str(e)})
-    if output == "json":
-        click.echo(json.dumps(out, indent=2))
-        return
-    for s in out:
-        if not s["ok"]:
-            click.echo(f"{s['node']}:\n  Agent:      Unreachable   {s['error']}")
-            continue
-        click.echo(f"{s['node']}:")
-        click.echo(
-            render(
-                [
-                    ["  Agent:", f"Ok   pid {s['pid']}, up {s['uptime_s']:.0f}s"],
-                    ["  IPAM:", f"IPv4 {s['pod_cidr_v4']}, IPv6 {s['pod_cidr_v6']}"],
-                    ["  Endpoints:", f"{s['endpoints']} managed, {s['pods']} pods"],
-                    [
-                        "  Monitor:",
-                        f"{s['events_read']} events read, {s['events_lost']} lost, "
-                        f"aggregation {s['trace_level']}, ring {s['ring_bytes']} bytes",
-                    ],
-                    ["  Conntrack GC:", f"{s['ct_gc_runs']} runs, {s['ct_gc_removed']} entries removed"],
-                ],
-                padding=1,
-            )
-        )
-
-
 @click.group()
 def service() -> None:
     """Services (kube-proxy replacement)."""

@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import time
-import zlib
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from tendril.cli.client import DEFAULT_LAB, AgentClient, resolve_nodes
+from tendril.cli.client import DEFAULT_LAB, AgentClient, cluster_write, resolve_nodes
 from tendril.cli.tabwriter import render
 from tendril.common.errors import NotFoundError, TendrilError
 
@@ -49,12 +48,17 @@ def _known_namespaces(nodes: list[str]) -> set[str]:
     return out
 
 
-def _pick_node(nodes: list[str], name: str, node_name: str | None) -> str:
+def _pick_node(nodes: list[str], node_name: str | None, placed: dict[str, str]) -> str:
+    """spec.nodeName when given, else round-robin: the node running the fewest pods (first on ties)."""
     if node_name:
         if node_name not in nodes:
             raise TendrilError(f'spec.nodeName "{node_name}" is not a node of this lab ({", ".join(nodes)})')
         return node_name
-    return nodes[zlib.crc32(name.encode()) % len(nodes)]
+    load = {n: 0 for n in nodes}
+    for n in placed.values():
+        if n in load:
+            load[n] += 1
+    return min(nodes, key=lambda n: load[n])
 
 
 def _apply_pod(
@@ -67,7 +71,8 @@ def _apply_pod(
     owner: str,
     placed: dict[str, str],
 ) -> str:
-    node = placed.get(f"{ns}/{name}") or _pick_node(nodes, name, spec.nodeName)
+    node = placed.get(f"{ns}/{name}") or _pick_node(nodes, spec.nodeName, placed)
+    placed[f"{ns}/{name}"] = node
     body = {"labels": labels, "annotations": annotations, "containers": _containers(spec), "owner": owner}
     with AgentClient(node) as c:
         return c.put(f"/v1/pods/{ns}/{name}", body)["result"]
@@ -122,19 +127,13 @@ def apply(files: tuple[str, ...], lab: str) -> None:
                 print_results(import_policies(lab, text, ", ".join(files)))
             if services:
                 text = yaml.safe_dump_all([s.document() for s in services], sort_keys=False)
-                results: list[dict[str, Any]] = []
-                for n in nodes:
-                    with AgentClient(n, timeout=600.0) as c:  # thousands of services take a while
-                        results = results or c.put("/v1/services", {"text": text, "source": ", ".join(files)})
-                for r in results:
+                # thousands of services take a while: cluster_write allows for it
+                body = {"text": text, "source": ", ".join(files)}
+                for r in cluster_write(nodes, "PUT", "/v1/services", body)["results"]:
                     click.echo(f"service/{r['name']} {r['action']}")
         elif isinstance(o, mf.Namespace):
-            created = False
-            for n in nodes:
-                with AgentClient(n) as c:
-                    created |= c.put(f"/v1/namespaces/{o.metadata.name}", {"labels": o.metadata.labels})[
-                        "created"
-                    ]
+            body = {"labels": o.metadata.labels}
+            created = cluster_write(nodes, "PUT", f"/v1/namespaces/{o.metadata.name}", body)["created"]
             click.echo(f"namespace/{o.metadata.name} {'created' if created else 'unchanged'}")
         elif isinstance(o, mf.Pod):
             ns = o.metadata.namespace or "default"
@@ -191,18 +190,14 @@ def delete(files: tuple[str, ...], ignore_not_found: bool, lab: str) -> None:
     for o in reversed(objs):
         if isinstance(o, Service):
             try:
-                for n in nodes:
-                    with AgentClient(n) as c:
-                        c.delete(f"/v1/services/{o.namespace}/{o.metadata.name}")
+                cluster_write(nodes, "DELETE", f"/v1/services/{o.namespace}/{o.metadata.name}")
                 click.echo(f'service "{o.metadata.name}" deleted')
             except TendrilError as e:
                 missing.append(str(e))
             continue
         if isinstance(o, Policy):
             try:
-                for n in nodes:
-                    with AgentClient(n) as c:
-                        c.delete(f"/v1/policies/{o.kind}/{o.namespace or '-'}/{o.name}")
+                cluster_write(nodes, "DELETE", f"/v1/policies/{o.kind}/{o.namespace or '-'}/{o.name}")
                 click.echo(
                     f"{o.kind.lower()}.{'networking.k8s.io' if o.kind == 'NetworkPolicy' else 'cilium.io'} "
                     f'"{o.name}" deleted'
@@ -219,14 +214,11 @@ def delete(files: tuple[str, ...], ignore_not_found: bool, lab: str) -> None:
             targets = [p for p in pods if p["namespace"] == ns and p["owner"] == owner]
             label = f'deployment.apps "{o.metadata.name}"'
         else:
-            found = False
-            for n in nodes:
-                with AgentClient(n) as c:
-                    try:
-                        c.delete(f"/v1/namespaces/{o.metadata.name}")
-                        found = True
-                    except TendrilError:
-                        pass
+            try:
+                cluster_write(nodes, "DELETE", f"/v1/namespaces/{o.metadata.name}")
+                found = True
+            except TendrilError:
+                found = False
             if found:
                 click.echo(f'namespace "{o.metadata.name}" deleted')
             else:

@@ -42,17 +42,67 @@ def _progress(msg: str) -> None:
     default="medium",
     show_default=True,
 )
+@click.option(
+    "--routing",
+    type=click.Choice(["native", "vxlan"]),
+    default="native",
+    show_default=True,
+    help="Between nodes: native routes, or a VXLAN overlay carrying the source identity in the VNI.",
+)
+@click.option(
+    "--kvstore",
+    default=None,
+    help="etcd://host:port to use an existing etcd (reachable from the lab's namespaces), or "
+    "'embedded'. Default: embedded for one node, the lab's own etcd for more.",
+)
+@click.option("--kvstore-lease-ttl", type=float, default=10.0, show_default=True, help="Seconds.")
+@click.option(
+    "--relay-port",
+    type=click.IntRange(0, 65535),
+    default=4245,
+    show_default=True,
+    help="Hubble Relay port on 127.0.0.1 (0: no relay).",
+)
+@click.option(
+    "--hubble-tls/--no-hubble-tls",
+    default=None,
+    help="mTLS between relay and agents (default: on with more than one node).",
+)
 @hubble_options
-def up(lab: str, nodes: int, underlay: str | None, trace_level: str, **hubble: object) -> None:
-    """Create the lab: node namespaces on an underlay bridge, one agent per node."""
+def up(
+    lab: str,
+    nodes: int,
+    underlay: str | None,
+    trace_level: str,
+    routing: str,
+    kvstore: str | None,
+    kvstore_lease_ttl: float,
+    relay_port: int,
+    hubble_tls: bool | None,
+    **hubble: object,
+) -> None:
+    """Create the lab: node namespaces on an underlay bridge, one agent per node, etcd for many nodes,
+    and Hubble Relay."""
     from tendril.lab import cluster, topology
 
     if hubble.get("hubble_metrics") is None:
         hubble["hubble_metrics"] = cluster.DEFAULT_LAB_METRICS
     record = cluster.lab_up(
-        lab, nodes, underlay or str(topology.DEFAULT_UNDERLAY), trace_level, _progress, hubble=hubble
+        lab,
+        nodes,
+        underlay or str(topology.DEFAULT_UNDERLAY),
+        trace_level,
+        _progress,
+        hubble=hubble,
+        routing=routing,
+        kvstore=kvstore,
+        relay_port=relay_port,
+        hubble_tls=hubble_tls,
+        kvstore_lease_ttl=kvstore_lease_ttl,
     )
-    click.echo(f"✅ lab {lab!r} is up with {len(record['nodes'])} node(s)")
+    click.echo(f"✅ lab {lab!r} is up with {len(record['nodes'])} node(s), {record['routing']} routing")
+    if record.get("relay"):
+        click.echo(f"   Hubble Relay: 127.0.0.1:{record['relay']['port']} (hubble observe --server ...)")
 
 
 @lab.command()

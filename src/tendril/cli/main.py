@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# gRPC's fork handlers are not needed (children exec at once) and crash forked children of a
+# process whose gRPC threads are busy; read once when grpc is first imported, so set it first.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import click
 
@@ -37,6 +42,8 @@ def _register() -> None:
         lab_cmds,
         observe_cmd,
         policy_cmds,
+        relay_cmds,
+        status_cmd,
         workload_cmds,
     )
 
@@ -49,12 +56,13 @@ def _register() -> None:
         dbg_cmds.bpf,
         dbg_cmds.monitor,
         dbg_cmds.config,
-        dbg_cmds.status,
         dbg_cmds.service,
     ):
         cli.add_command(cmd)
+    cli.add_command(status_cmd.status)
     cli.add_command(observe_cmd.observe)
     cli.add_command(hubble_cmds.hubble)
+    relay_cmds.register(hubble_cmds.hubble)  # tendril hubble relay|enable
     cli.add_command(workload_cmds.workload)
     cli.add_command(policy_cmds.policy)
     cli.add_command(policy_cmds.identity)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import yaml
 
-from tendril.cli.client import DEFAULT_LAB, AgentClient, resolve_nodes
+from tendril.cli.client import DEFAULT_LAB, AgentClient, cluster_write, resolve_nodes
 from tendril.cli.tabwriter import render
 from tendril.common.errors import InvalidInputError
 
@@ -42,15 +42,12 @@ def _read(path: str) -> str:
 
 
 def import_policies(lab: str, text: str, source: str) -> list[dict[str, Any]]:
-    """Send validated policy text to every node; returns the first node's results."""
-    results: list[dict[str, Any]] = []
-    for n in resolve_nodes(lab, None):
-        with AgentClient(n) as c:
-            r = c.put("/v1/policies", {"text": text, "source": source})
-        results = results or r["results"]
-        for ep, err in r.get("errors", {}).items():
-            click.echo(f"Warning: node {n} endpoint {ep}: {err}", err=True)
-    return results
+    """Send validated policy text to one node, which mirrors it to the others through the kvstore."""
+    nodes = resolve_nodes(lab, None)
+    r = cluster_write(nodes, "PUT", "/v1/policies", {"text": text, "source": source})
+    for ep, err in r.get("errors", {}).items():
+        click.echo(f"Warning: node {nodes[0]} endpoint {ep}: {err}", err=True)
+    return r["results"]
 
 
 def print_results(results: list[dict[str, Any]]) -> None:
@@ -129,9 +126,7 @@ def policy_delete(name: str | None, namespace: str, kind: str, delete_all: bool,
     else:
         raise InvalidInputError("give a policy NAME or --all")
     for k, ns, nm in targets:
-        for n in nodes:
-            with AgentClient(n) as c:
-                c.delete(f"/v1/policies/{k}/{ns or '-'}/{nm}")
+        cluster_write(nodes, "DELETE", f"/v1/policies/{k}/{ns or '-'}/{nm}")
         click.echo(f"{k} {nm!r} deleted")
 
 

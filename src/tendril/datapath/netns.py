@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -63,15 +64,41 @@ def list_netns(prefix: str = "") -> list[str]:
 
 
 def create(name: str) -> None:
-    """Create a named netns; a no-op if it already exists (idempotent)."""
+    """Create a named netns; a no-op if it already exists (idempotent).
+
+    A throwaway thread unshares its own network namespace and bind-mounts it (as `ip netns add`
+    does), instead of pyroute2's forked helper: a fork while gRPC threads are busy (the agent's
+    Observer serving the relay) leaves a child that can crash before it mounts anything.
+    """
     _check_name(name)
     if exists(name):
         return
-    try:
-        _pr_netns.create(name)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise NetnsError(f"cannot create netns {name!r}: {exc}") from exc
+    box: dict[str, OSError] = {}
+
+    def unshare_and_mount() -> None:
+        try:
+            if _libc_handle().unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            _pr_netns._create(name, None, "thread-self")  # mounts /proc/thread-self/ns/net
+        except OSError as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=unshare_and_mount, name=f"netns-create-{name}", daemon=True)
+    t.start()
+    t.join()
+    exc = box.get("error")
+    if exc is not None and exc.errno != errno.EEXIST:
+        with suppress(OSError):
+            os.unlink(netns_path(name))  # a mount point left without a namespace behind it
+        raise NetnsError(f"cannot create netns {name!r}: {exc}") from exc
+
+
+def _libc_handle() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _libc
 
 
 def delete(name: str) -> None:
@@ -122,12 +149,9 @@ def iproute(name: str | None) -> Iterator[IPRoute]:
 
 
 def _setns_current_thread(name: str) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
+        if _libc_handle().setns(fd, CLONE_NEWNET) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"setns({name}) failed: {os.strerror(err)}")
     finally:
@@ -159,6 +183,30 @@ def call_in_netns(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def _create_socket_threaded(
+    netns: str | None = None,
+    family: int = socket.AF_INET,
+    socket_type: int = socket.SOCK_STREAM,
+    proto: int = 0,
+    fileno: int | None = None,
+    flags: int = os.O_CREAT,
+    libc: Any = None,
+    timeout: Any = None,
+) -> socket.socket:
+    """pyroute2's `netns.create_socket` without its forked helper: the socket is made on a thread
+    that entered the namespace (a socket stays in the namespace it was created in). Forking a
+    process whose gRPC threads are busy can crash the child; a thread cannot."""
+    if fileno is not None:
+        return socket.socket(fileno=fileno)
+    if netns is None:
+        return socket.socket(family, socket_type, proto)
+    name = os.path.basename(netns) if os.path.isabs(netns) else netns
+    return call_in_netns(name, socket.socket, family, socket_type, proto)
+
+
+_pr_netns.create_socket = _create_socket_threaded
 
 
 def nsenter_argv(name: str, argv: Sequence[str]) -> list[str]:

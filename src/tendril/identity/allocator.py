@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tendril.common.errors import InvalidInputError, TendrilError
@@ -65,18 +65,25 @@ class _Numbers:
 
 
 class _Pool:
-    """Refcounted key -> number, over one number range."""
+    """Refcounted key -> number, over one number range.
+
+    `numberer` (when set) hands out the number for a new key instead of the local free list: in a
+    cluster the number must be the same on every node, so it comes from the kvstore. `on_free` is
+    told when the last local user of a number is gone.
+    """
 
     def __init__(self, lo: int, hi: int) -> None:
         self.numbers = _Numbers(lo, hi)
         self.by_key: dict[Any, int] = {}
         self.by_id: dict[int, Any] = {}
         self.refs: dict[int, int] = {}
+        self.numberer: Callable[[Any], int] | None = None
+        self.on_free: Callable[[int], None] | None = None
 
     def acquire(self, key: Any, what: str) -> int:
         n = self.by_key.get(key)
         if n is None:
-            n = self.numbers.take()
+            n = self.numberer(key) if self.numberer is not None else self.numbers.take()
             if n is None:
                 lo, hi = self.numbers.lo, self.numbers.hi
                 raise TendrilError(f"no free {what} identity left in {lo}..{hi}")
@@ -90,7 +97,10 @@ class _Pool:
         if self.refs[n] > 0:
             return False
         del self.by_key[key], self.by_id[n], self.refs[n]
-        self.numbers.give_back(n)
+        if self.numberer is None:
+            self.numbers.give_back(n)
+        if self.on_free is not None:
+            self.on_free(n)
         return True
 
     def restore(self, items: list[tuple[int, Any, int]]) -> None:
@@ -117,6 +127,27 @@ class IdentityAllocator:
         self._reserved_by_labels = {labels: n for n, labels in self._reserved.items()}
         self._cluster = _Pool(CLUSTER_ID_MIN, CLUSTER_ID_MAX)
         self._cidr = _Pool(LOCAL_ID_MIN, LOCAL_ID_MAX)
+        self._remote: dict[int, frozenset[str]] = {}
+
+    # ---- cluster -----------------------------------------------------------------------------
+    def use_cluster_numbers(
+        self, numberer: Callable[[frozenset[str]], int], on_free: Callable[[int], None]
+    ) -> None:
+        """Take label identities' numbers from the cluster (kvstore) instead of the local free list."""
+        self._cluster.numberer, self._cluster.on_free = numberer, on_free
+
+    def set_remote(self, identities: Mapping[int, frozenset[str]]) -> bool:
+        """Identities allocated anywhere in the cluster (id -> labels), so selectors match remote
+        pods; returns True when that changed anything."""
+        new = {n: frozenset(labels) for n, labels in identities.items() if n not in self._reserved}
+        if new == self._remote:
+            return False
+        self._remote = new
+        return True
+
+    def local_cluster_ids(self) -> list[int]:
+        """Label identities with local users (the node holds a cluster reference on each)."""
+        return sorted(self._cluster.by_id)
 
     # ---- label identities --------------------------------------------------------------------
     @staticmethod
@@ -187,12 +218,15 @@ class IdentityAllocator:
             return self._reserved[identity]
         if identity in self._cluster.by_id:
             return self._cluster.by_id[identity]
+        if identity in self._remote:
+            return self._remote[identity]
         prefix = self._cidr.by_id.get(identity)
         return cidr_labels(prefix) if prefix is not None else None
 
     def identities(self) -> dict[int, frozenset[str]]:
         """Every known identity -> its labels (a fresh dict; callers may keep it)."""
         out = dict(self._reserved)
+        out.update(self._remote)
         out.update(self._cluster.by_id)
         out.update((n, cidr_labels(p)) for n, p in self._cidr.by_id.items())
         return out

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tendril.agent.config import NodeConfig
+from tendril.agent.config import ROUTING_MODES, NodeConfig
 from tendril.bpf.bpffs import ensure_bpffs, remove_pins
 from tendril.common import paths
 from tendril.common.errors import TendrilError, require_root
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 # What the lab enables by default: the set in Cilium's Helm example, so dashboards have data.
+DEFAULT_RELAY_PORT = 4245
 DEFAULT_LAB_METRICS = "dns drop tcp flow port-distribution icmp flows-to-world httpV2"
 
 
@@ -42,10 +43,9 @@ def load_lab(lab: str) -> dict[str, Any] | None:
 
 
 def _agent_healthy(node: str) -> bool:
-    from tendril.cli.client import AgentClient
+    from tendril.cli.client import agent_healthy
 
-    with AgentClient(node) as c:
-        return c.healthy()
+    return agent_healthy(node)
 
 
 def start_agent(cfg: NodeConfig, wait: float = 30.0) -> dict[str, int]:
@@ -102,7 +102,15 @@ def lab_up(
     trace_level: str = "medium",
     progress: Progress = lambda s: None,
     hubble: dict[str, Any] | None = None,
+    routing: str = "native",
+    kvstore: str | None = None,
+    relay_port: int = DEFAULT_RELAY_PORT,
+    hubble_tls: bool | None = None,
+    kvstore_lease_ttl: float = 10.0,
 ) -> dict[str, Any]:
+    """Build (or converge) the lab and start what it runs: etcd when it has several nodes (or the
+    given kvstore), one agent per node, TLS certificates between Hubble Relay and the agents, and
+    the relay on 127.0.0.1:<relay_port> (0: no relay)."""
     from tendril.cli.agent_cmd import apply_hubble_options
     from tendril.hubble.container.ring import RingError, validate_capacity
 
@@ -117,8 +125,16 @@ def lab_up(
     except topology.LabError as e:
         raise TendrilError(str(e)) from None
     _validate_agent_options(hubble or {})
+    if routing not in ROUTING_MODES:
+        raise TendrilError(f"--routing {routing!r}: one of {', '.join(ROUTING_MODES)}")
+    if kvstore and kvstore not in ("embedded",):
+        check_kvstore(kvstore)  # an unreachable etcd is reported before anything is created
     existing = load_lab(lab) or {}
-    progress(f"creating lab {lab!r}: {nodes} node(s) on underlay {spec.underlay}")
+    if existing and existing.get("routing", routing) != routing:
+        raise TendrilError(
+            f"lab {lab!r} runs with --routing {existing['routing']}: `tendril lab down --name {lab}` first"
+        )
+    progress(f"creating lab {lab!r}: {nodes} node(s) on underlay {spec.underlay}, {routing} routing")
     try:
         infos = topology.create_lab(spec)
     except topology.LabError as e:
@@ -126,10 +142,23 @@ def lab_up(
     record: dict[str, Any] = {
         "name": lab,
         "underlay": str(spec.underlay),
+        "routing": routing,
         "nodes": [],
         "created": time.time(),
     }
     record["created"] = existing.get("created", record["created"])
+    record["etcd"] = existing.get("etcd")
+    kv_url, record["etcd"] = _lab_kvstore(lab, spec, nodes, kvstore, record["etcd"], progress)
+    record["kvstore"] = kv_url
+    write_json(paths.lab_state_file(lab), record)
+    tls_dir = ""
+    if hubble_tls if hubble_tls is not None else nodes > 1:
+        from tendril.hubble.tls import ensure_certs, lab_tls_dir
+
+        tls_dir = str(lab_tls_dir(lab))
+        progress(f"hubble enable: TLS certificates for {nodes} node(s) in {tls_dir}")
+        ensure_certs(Path(tls_dir), lab, [i.name for i in infos], {i.name: str(i.underlay_ip) for i in infos})
+    record["hubble_tls_dir"] = tls_dir
     for info in infos:
         cfg = NodeConfig(
             name=info.name,
@@ -141,7 +170,17 @@ def lab_up(
             mtu=spec.mtu,
             lab=lab,
             trace_level=trace_level,
+            underlay_ip6=str(getattr(info, "underlay_ip6", "") or ""),
+            cluster=lab,
+            routing=routing,
+            kvstore=kv_url,
+            kvstore_lease_ttl=kvstore_lease_ttl,
+            hubble_tls_dir=tls_dir,
         )
+        if routing == "vxlan":
+            from tendril.datapath.overlay import VXLAN_OVERHEAD
+
+            cfg.mtu = spec.mtu - VXLAN_OVERHEAD  # pods leave room for the outer headers
         apply_hubble_options(cfg, hubble or {})
         try:
             validate_capacity(cfg.hubble_buffer_capacity)
@@ -173,7 +212,120 @@ def lab_up(
         )
         write_json(paths.lab_state_file(lab), record)
     deploy_cluster_dns(record["nodes"][0]["name"], progress)
+    record["relay"] = _lab_relay(lab, record, relay_port, existing.get("relay"), progress)
+    write_json(paths.lab_state_file(lab), record)
     return record
+
+
+def check_kvstore(url: str) -> None:
+    """Connect once (from here) so a wrong or dead address fails `lab up` with one clear line."""
+    from tendril.kvstore import KvStoreError, open_store
+
+    try:
+        open_store(url, connect_timeout=5.0).close(revoke_lease=True)
+    except KvStoreError as e:
+        raise TendrilError(str(e)) from None
+
+
+def _lab_kvstore(
+    lab: str,
+    spec: topology.LabSpec,
+    nodes: int,
+    kvstore: str | None,
+    etcd: dict[str, Any] | None,
+    progress: Progress,
+) -> tuple[str, dict[str, Any] | None]:
+    """The kvstore URL the agents use, starting the lab's own etcd when it needs one.
+
+    The agents live in the node namespaces, where the host's loopback is not theirs: the lab's etcd
+    listens on 127.0.0.1 (for tools on the host) and on the lab bridge's address (for the agents),
+    which only the host and the lab's namespaces can reach.
+    """
+    if kvstore and kvstore != "embedded":
+        return kvstore, etcd
+    if kvstore == "embedded" or nodes == 1:
+        return "", etcd
+    gateway = str(topology.underlay_gateway(spec).ip)
+    etcd = _start_lab_etcd(lab, gateway, etcd, progress)
+    return f"etcd://{gateway}:{etcd['client_port']}", etcd
+
+
+def _start_lab_etcd(
+    lab: str, gateway: str, etcd: dict[str, Any] | None, progress: Progress
+) -> dict[str, Any]:
+    from tendril.kvstore.server import etcd_alive, start_etcd
+
+    if etcd and etcd_alive(etcd):
+        progress(f"etcd already running (pid {etcd['pid']})")
+        return etcd
+    progress("starting etcd (the lab's kvstore)")
+    proc = start_etcd(
+        f"{lab}-etcd",
+        paths.labs_dir() / f"{lab}-etcd",
+        client_port=(etcd or {}).get("client_port"),
+        peer_port=(etcd or {}).get("peer_port"),
+        listen_hosts=[gateway],
+    )
+    return _etcd_record(proc)
+
+
+def ensure_lab_etcd(lab: str, progress: Progress = lambda s: None) -> dict[str, Any]:
+    """(Re)start the lab's etcd with its data directory and ports (after it died or was stopped)."""
+    record = load_lab(lab)
+    if not record or not record.get("etcd"):
+        raise TendrilError(f"lab {lab!r} has no etcd of its own")
+    gateway = str(topology.underlay_gateway(topology.LabSpec(name=lab, underlay=record["underlay"])).ip)
+    record["etcd"] = _start_lab_etcd(lab, gateway, record["etcd"], progress)
+    write_json(paths.lab_state_file(lab), record)
+    return record["etcd"]
+
+
+def _etcd_record(proc: Any) -> dict[str, Any]:
+    d = proc.to_dict()
+    d["client_port"] = int(str(d["client_url"]).rsplit(":", 1)[1])
+    d["peer_port"] = int(str(d["peer_url"]).rsplit(":", 1)[1])
+    return d
+
+
+def _lab_relay(
+    lab: str, record: dict[str, Any], port: int, old: dict[str, Any] | None, progress: Progress
+) -> dict[str, Any] | None:
+    """Hubble Relay on 127.0.0.1:<port> in the host namespace, reaching every node's Observer over
+    the underlay (mTLS when the lab has certificates), found through the nodes' Peer service."""
+    if port == 0:
+        return None
+    if old and runtime.process_alive(old["pid"], old["start_time"]) and old.get("port") == port:
+        progress(f"hubble relay already running on 127.0.0.1:{port} (pid {old['pid']})")
+        return old
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            progress(f"hubble relay not started: 127.0.0.1:{port} is in use ({e.strerror})")
+            return None
+    argv = [_tendril_exe(), "hubble", "relay", "--listen-address", f"127.0.0.1:{port}", "--cluster", lab]
+    for n in record["nodes"]:
+        argv += ["--peer-service", f"unix://{paths.hubble_socket(n['name'])}"]
+    if record.get("hubble_tls_dir"):
+        argv += ["--tls-dir", record["hubble_tls_dir"]]
+    log_path = paths.labs_dir() / f"{lab}-relay.log"
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
+        )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise TendrilError(f"hubble relay exited ({proc.returncode}): " + " | ".join(tail))
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    progress(f"hubble relay listening on 127.0.0.1:{port} (pid {proc.pid})")
+    return {"pid": proc.pid, "start_time": runtime.process_start_time(proc.pid) or 0, "port": port}
 
 
 CLUSTER_DNS = """
@@ -227,6 +379,10 @@ def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
     require_root("lab down")
     record = load_lab(lab) or {"nodes": []}
     names = [n["name"] for n in record["nodes"]]
+    relay = record.get("relay")
+    if relay:
+        progress(f"stopping hubble relay (pid {relay['pid']})")
+        runtime.stop(relay["pid"], relay["start_time"], timeout=5.0)
     for n in record["nodes"]:
         progress(f"node {n['name']}: stopping agent (pid {n['agent_pid']})")
         runtime.stop(n["agent_pid"], n["agent_start_time"], timeout=5.0)
@@ -238,4 +394,13 @@ def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
     for node in {*names, *(p.name for p in paths.RUN_ROOT.glob(f"{lab}-node*"))}:
         remove_pins(node)
         shutil.rmtree(paths.node_run_dir(node), ignore_errors=True)
+    etcd = record.get("etcd")
+    if etcd:
+        from tendril.kvstore.server import stop_etcd
+
+        progress(f"stopping etcd (pid {etcd['pid']})")
+        stop_etcd(etcd)
+    shutil.rmtree(paths.labs_dir() / f"{lab}-etcd", ignore_errors=True)
+    shutil.rmtree(paths.labs_dir() / f"{lab}-tls", ignore_errors=True)
+    (paths.labs_dir() / f"{lab}-relay.log").unlink(missing_ok=True)
     paths.lab_state_file(lab).unlink(missing_ok=True)

@@ -2,9 +2,9 @@
 
 A workload is an ordinary process that (1) joins the pod's cgroup, so
 cgroup-attached BPF (socket LB) applies and the pod can be killed as a
-unit, and (2) runs in the pod's netns.  The cgroup is joined in
-``preexec_fn`` -- after fork, before ``exec(nsenter)`` -- so not even
-nsenter runs outside it; ``nsenter --net`` (not ``ip netns exec``) keeps
+unit, and (2) runs in the pod's netns.  The cgroup is joined by a
+``/bin/sh`` that then execs nsenter -- so not even nsenter runs outside
+it; ``nsenter --net`` (not ``ip netns exec``) keeps
 /sys and therefore /sys/fs/bpf visible.  nsenter without ``--fork`` execs the
 workload in place, so the pid we return is the workload's pid.
 
@@ -53,15 +53,10 @@ def spawn(
         raise RuntimeErrorLab(
             f"cgroup {cgroup_path} does not exist (create it with cgroup.create_pod_cgroup)"
         )
-    procs_bytes = procs_file.encode()
-
-    def join_cgroup() -> None:  # runs in the child between fork and exec
-        fd = os.open(procs_bytes, os.O_WRONLY)
-        try:
-            os.write(fd, b"0")  # "0" = the writing process itself
-        finally:
-            os.close(fd)
-
+    # The cgroup is joined by a shell that then execs nsenter (same pid), not by a preexec_fn:
+    # Python code between fork and exec is unsafe in a process with gRPC threads (the agent), and
+    # without a preexec_fn the child is started with vfork and never runs our code at all.
+    joined = ["/bin/sh", "-c", 'echo 0 > "$1" && shift && exec "$@"', "sh", procs_file]
     full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     if env:
         full_env.update(env)
@@ -72,14 +67,13 @@ def spawn(
         out = open(os.devnull, "wb")  # noqa: SIM115
     try:
         proc = subprocess.Popen(
-            _netns.nsenter_argv(pod_netns, argv),
+            [*joined, *_netns.nsenter_argv(pod_netns, argv)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=join_cgroup,  # noqa: PLW1509 - needed to join the cgroup before exec
             close_fds=True,
         )
     except subprocess.SubprocessError as exc:

@@ -3,8 +3,8 @@
 ::
 
     root netns:  <lab>-br  (bridge, <underlay>.1/24)  -- lets the host reach agents
-                   |-- <lab>-n1 ==veth== eth0 (<underlay>.11)  in netns tnd-<lab>-node1
-                   |-- <lab>-n2 ==veth== eth0 (<underlay>.12)  in netns tnd-<lab>-node2
+                   |-- <lab>-n1 ==veth== eth0 (<underlay>.11, <underlay6>::b)  in netns tnd-<lab>-node1
+                   |-- <lab>-n2 ==veth== eth0 (<underlay>.12, <underlay6>::c)  in netns tnd-<lab>-node2
     node netns:  lo; eth0; tnd_host ==veth== tnd_net (like cilium_host/cilium_net)
                  tnd_host: 10.244.<i>.1/32, fd00:10:244:<i>::1/128 (the pods' router)
                  ip_forward=1, ipv6 forwarding=1, rp_filter=0, no default route
@@ -12,6 +12,8 @@
 The lab is sealed: the only root-namespace change is the bridge (and its
 connected route) plus the root ends of the veths; nothing is forwarded or
 NATed to the host's real interfaces, and root sysctls are never written.
+The IPv6 underlay (a ULA /64, node i = ::(10+i)) lives on the nodes' eth0
+only: the bridge has no IPv6 address, so the host's routing never sees it.
 Everything is named with the lab's prefix so ``destroy_lab`` can find and
 remove it even after a crash half-way through ``create_lab``.
 """
@@ -31,6 +33,8 @@ from tendril.datapath import netns as _netns
 # 192.0.2.0/24 is the machines' *real* network (eth0 and the default gateway live
 # there), so the lab defaults to a benchmarking range instead (RFC 2544).
 DEFAULT_UNDERLAY = IPv4Network("198.18.0.0/24")
+# IPv6 underlay between the nodes (native routing of pod IPv6 CIDRs): a ULA, on node eth0s only.
+DEFAULT_UNDERLAY6 = IPv6Network("fd00:198:18::/64")
 DEFAULT_POD_V4_TEMPLATE = "10.244.{i}.0/24"
 DEFAULT_POD_V6_TEMPLATE = "fd00:10:244:{i}::/64"
 NETNS_PREFIX = "tnd-"
@@ -56,6 +60,7 @@ class LabSpec:
     pod_v4_template: str = DEFAULT_POD_V4_TEMPLATE
     pod_v6_template: str = DEFAULT_POD_V6_TEMPLATE
     mtu: int = 1500
+    underlay6: IPv6Network = DEFAULT_UNDERLAY6
 
     def validate(self) -> None:
         """Raise ``LabError`` naming the field and the fix."""
@@ -79,6 +84,9 @@ class LabSpec:
         underlay = IPv4Network(self.underlay)
         if underlay.num_addresses - 2 < NODE_UNDERLAY_OFFSET + self.nodes:
             raise LabError(f"underlay {underlay} too small for {self.nodes} nodes (hosts from .11 up)")
+        underlay6 = IPv6Network(self.underlay6)
+        if underlay6.num_addresses - 1 < NODE_UNDERLAY_OFFSET + self.nodes:
+            raise LabError(f"IPv6 underlay {underlay6} too small for {self.nodes} nodes (hosts from ::b up)")
         if self.nodes > 254 and "{i}" in self.pod_v4_template:
             raise LabError("at most 254 nodes with the default pod CIDR template")
 
@@ -92,6 +100,8 @@ class NodeInfo:
     index: int
     underlay_ip: IPv4Address
     underlay: IPv4Network
+    underlay_ip6: IPv6Address
+    underlay6: IPv6Network
     pod_cidr_v4: IPv4Network
     pod_cidr_v6: IPv6Network
     router_v4: IPv4Address
@@ -123,6 +133,7 @@ def node_info(lab: str | LabSpec, index: int) -> NodeInfo:
     """Addressing for node ``index`` (1-based); a bare lab name uses the default spec values."""
     spec = lab if isinstance(lab, LabSpec) else LabSpec(name=lab, nodes=max(index, 1))
     underlay = IPv4Network(spec.underlay)
+    underlay6 = IPv6Network(spec.underlay6)
     v4 = IPv4Network(spec.pod_v4_template.format(i=index))
     v6 = IPv6Network(spec.pod_v6_template.format(i=index))
     name = node_name(spec.name, index)
@@ -132,6 +143,8 @@ def node_info(lab: str | LabSpec, index: int) -> NodeInfo:
         index=index,
         underlay_ip=underlay.network_address + NODE_UNDERLAY_OFFSET + index,
         underlay=underlay,
+        underlay_ip6=underlay6.network_address + NODE_UNDERLAY_OFFSET + index,
+        underlay6=underlay6,
         pod_cidr_v4=v4,
         pod_cidr_v6=v6,
         router_v4=v4.network_address + 1,
@@ -219,6 +232,7 @@ def _create_node(spec: LabSpec, info: NodeInfo, br_idx: int) -> None:
         veth.set_up(ipr, "lo")
         veth.set_up(ipr, NODE_UPLINK)
         veth.add_address(ipr, NODE_UPLINK, info.underlay_ip, info.underlay.prefixlen)
+        veth.add_address(ipr, NODE_UPLINK, info.underlay_ip6, info.underlay6.prefixlen, nodad=True)
 
         # cilium_host / cilium_net equivalent; the router addresses live on tnd_host.
         h, n = veth.get_link(ipr, HOST_IFNAME), veth.get_link(ipr, NET_IFNAME)

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import timestamp_pb2, wrappers_pb2
@@ -22,7 +23,11 @@ from tendril.hubble.container import FlowRing
 from tendril.hubble.convert import apply_field_mask, compile_field_mask, rows_to_protos
 from tendril.hubble.filters import FilterError, compile_filters
 from tendril.hubble.observer.getflows import Selection, follow, historical
+from tendril.hubble.peer import PeerSource, add_peer_service
 from tendril.hubble.record import Tables
+
+if TYPE_CHECKING:  # the certificate code (cryptography) is only needed when TLS is configured
+    from tendril.hubble.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -186,24 +191,39 @@ class ObserverServicer(observer_pb2_grpc.ObserverServicer):
 
 
 async def start_observer(
-    ctx: ObserverContext, unix_path: str | None, tcp_addr: str | None
+    ctx: ObserverContext,
+    unix_path: str | None,
+    tcp_addr: str | None,
+    *,
+    peer_source: PeerSource | None = None,
+    tls: ServerTls | None = None,
 ) -> grpc.aio.Server:
+    """Serve the Observer (and Peer, given a peer source) on the Unix socket and TCP address.
+
+    With `tls`, the TCP listener requires mTLS as Hubble's :4244 does when Relay is deployed; the
+    Unix socket stays plaintext, since its file mode is its access control.
+    """
     server = grpc.aio.server()
     observer_pb2_grpc.add_ObserverServicer_to_server(ObserverServicer(ctx), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (
+    names = [
         observer_pb2.DESCRIPTOR.services_by_name["Observer"].full_name,
         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         reflection.SERVICE_NAME,
-    )
+    ]
+    if peer_source is not None:
+        names.append(add_peer_service(server, peer_source))
     reflection.enable_server_reflection(names, server)
     if unix_path:
         if os.path.exists(unix_path):
             os.unlink(unix_path)
         server.add_insecure_port(f"unix://{unix_path}")
     if tcp_addr:
-        server.add_insecure_port(tcp_addr)
+        if tls is not None:
+            server.add_secure_port(tcp_addr, tls.credentials())
+        else:
+            server.add_insecure_port(tcp_addr)
     await server.start()
     if unix_path:
         os.chmod(unix_path, 0o600)

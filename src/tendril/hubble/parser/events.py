@@ -129,7 +129,8 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     rows["src_port"] = records["sport"]
     rows["dst_port"] = records["dport"]
     rows["is_reply"] = np.where(is_trace, (flags & EVF_IS_REPLY) != 0, rec.REPLY_UNKNOWN)
-    ingress = np.where(is_trace, sub == 0, (flags & EVF_INGRESS) != 0)
+    # towards a pod: to-endpoint (0), and from-overlay (9), which leads to one on this node
+    ingress = np.where(is_trace, (sub == 0) | (sub == 9), (flags & EVF_INGRESS) != 0)
     rows["traffic_direction"] = np.where(ingress, rec.INGRESS, rec.EGRESS)
     rows["ifname"] = _map_distinct(records["ifindex"], resolver.ifname_ids)
     src_ep = _map_distinct(src, resolver.endpoint_ids)
