@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 debs=(clang-19 llvm-19 libbpf-dev libbpf1 bpftool iproute2 iperf3 iputils-ping iptables make etcd-server
-      python3.11 python3.11-venv python3-venv procps util-linux ca-certificates)
+      python3.11 python3.11-venv python3-venv procps util-linux ca-certificates
+      chromium)  # headless browser for tests/test_ui.py (driven by Playwright, no browser download)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

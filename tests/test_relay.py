@@ -491,7 +491,7 @@ def test_follow_forwards_lost_events(relay: Cluster) -> None:
 
 def test_sort_buffer_orders_within_its_window() -> None:
     from tendril.hubble.observer.service import _ts
-    from tendril.hubble.relay.merge import SortBuffer, merge_by_time
+    from tendril.hubble.relay.merge import SortBuffer
 
     def resp(ns: int) -> observer_pb2.GetFlowsResponse:
         return observer_pb2.GetFlowsResponse(time=_ts(ns))
@@ -503,5 +503,3 @@ def test_sort_buffer_orders_within_its_window() -> None:
     assert 0 < buf.timeout() <= 60
     assert [r.time.ToNanoseconds() for r in buf.drain()] == [5, 8, 9]
     assert buf.timeout() is None and len(buf) == 0
-    merged = merge_by_time([[resp(1), resp(4)], [resp(2), resp(3)], []])
-    assert [r.time.ToNanoseconds() for r in merged] == [1, 2, 3, 4]

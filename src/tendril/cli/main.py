@@ -44,6 +44,7 @@ def _register() -> None:
         policy_cmds,
         relay_cmds,
         status_cmd,
+        ui_cmd,
         workload_cmds,
     )
 
@@ -63,6 +64,7 @@ def _register() -> None:
     cli.add_command(observe_cmd.observe)
     cli.add_command(hubble_cmds.hubble)
     relay_cmds.register(hubble_cmds.hubble)  # tendril hubble relay|enable
+    ui_cmd.register(hubble_cmds.hubble)  # tendril hubble ui
     cli.add_command(workload_cmds.workload)
     cli.add_command(policy_cmds.policy)
     cli.add_command(policy_cmds.identity)

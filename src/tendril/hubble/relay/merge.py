@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterable, Iterator
 
 from tendril.hubble.api import observer_pb2
 from tendril.hubble.observer.service import _ns
@@ -22,10 +21,6 @@ Response = observer_pb2.GetFlowsResponse
 
 def response_ns(resp: Response) -> int:
     return _ns(resp.time)
-
-
-def merge_by_time(per_node: Iterable[list[Response]]) -> Iterator[Response]:
-    return heapq.merge(*per_node, key=response_ns)
 
 
 class SortBuffer:

@@ -10,6 +10,8 @@ picks the node up again when it returns (NODE_CONNECTED), resuming after the las
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +26,7 @@ from tendril.hubble.convert import compile_field_mask
 from tendril.hubble.filters import FilterError, compile_filters
 from tendril.hubble.observer.service import VERSION, _ns, _ts
 from tendril.hubble.record import Tables
-from tendril.hubble.relay.merge import SortBuffer, merge_by_time, response_ns
+from tendril.hubble.relay.merge import SortBuffer, response_ns
 from tendril.hubble.relay.pool import (
     CONNECTED,
     GONE,
@@ -117,26 +119,50 @@ class RelayObserver(observer_pb2_grpc.ObserverServicer):
             async for resp in self._follow(request, connected, started_ns):
                 yield resp
         else:
-            for resp in await self._historical(request, connected):
+            async for resp in self._historical(request, connected):
                 yield resp
 
-    async def _historical(self, request: observer_pb2.GetFlowsRequest, nodes: list[Node]) -> list[Response]:
-        """Each node's complete answer, merged by time (so `--last N` is N per node, in order)."""
+    async def _historical(
+        self, request: observer_pb2.GetFlowsRequest, nodes: list[Node]
+    ) -> AsyncIterator[Response]:
+        """Each node's answer (already in time order) merged as it streams in, so `--last N` is N per
+        node in order, the first flow leaves as soon as every node has sent its first one, and the
+        relay holds one pending response per node rather than every node's whole answer."""
+        streams: list[tuple[Node, grpc.aio.Channel | None, Any]] = []
         failures: list[Response] = []
-
-        async def collect(node: Node) -> list[Response]:
+        for node in nodes:
             channel = node.channel
-            out: list[Response] = []
             try:
                 channel, stub = node.connection()
-                async for resp in stub.GetFlows(request):
-                    out.append(resp)
+                streams.append((node, channel, stub.GetFlows(request).__aiter__()))
+            except NodeDown as e:
+                failures.append(self._failure(node, channel, e))
+
+        async def pull(i: int) -> Response | None:
+            node, channel, it = streams[i]
+            try:
+                return await it.__anext__()
+            except StopAsyncIteration:
+                return None
             except (grpc.aio.AioRpcError, NodeDown) as e:
                 failures.append(self._failure(node, channel, e))
-            return out
+                return None
 
-        per_node = await asyncio.gather(*(collect(n) for n in nodes))
-        return failures + list(merge_by_time(per_node))
+        heap: list[tuple[int, int, int, Response]] = []
+        seq = itertools.count()  # ties keep arrival order; responses are never compared
+        for i, first in enumerate(await asyncio.gather(*(pull(i) for i in range(len(streams))))):
+            if first is not None:
+                heapq.heappush(heap, (response_ns(first), next(seq), i, first))
+        while heap or failures:
+            while failures:
+                yield failures.pop(0)
+            if not heap:
+                break
+            _, _, i, resp = heapq.heappop(heap)
+            yield resp
+            nxt = await pull(i)
+            if nxt is not None:
+                heapq.heappush(heap, (response_ns(nxt), next(seq), i, nxt))
 
     async def _follow(
         self, request: observer_pb2.GetFlowsRequest, nodes: list[Node], started_ns: int
