@@ -35,27 +35,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import benchlib
-from benchlib import TENDRIL, cpu_seconds, loadavg, tendril, wait_pods
-from tendril.bpf import Link, TypedMap, abi, attach_tc
-from tendril.bpf import libbpf as lb
-from tendril.bpf.maps import Map
-from tendril.common import paths
-from tendril.datapath.netns import call_in_netns, netns_path
+from benchlib import (
+    TENDRIL,
+    DatapathCounters,
+    Iperf3Server,
+    VethPrograms,
+    cpu_seconds,
+    iperf3_client,
+    loadavg,
+    tendril,
+    wait_pods,
+)
 from tendril.datapath.podnet import pod_netns_name
 
 NS = "bench"
-PORT = 5201
 PODS = f"""
 apiVersion: v1
 kind: Namespace
@@ -77,21 +78,14 @@ spec:
 BARE, MEDIUM, EVERY = "bare veth", "tendril (medium)", "tendril (every packet)"
 
 
-_prog_get_fd_by_id = lb._lib.bpf_prog_get_fd_by_id
-_prog_get_fd_by_id.restype = ctypes.c_int
-_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-
-
 class Lab:
     def __init__(self, name: str, underlay: str) -> None:
         self.name = name
         self.underlay = underlay
         self.node = f"{name}-node1"
-        self.node_netns = f"tnd-{self.node}"
-        self.links_dir = paths.bpf_pin_dir(self.node) / "links"
-        self.detached: list[tuple[Path, int, str, int]] = []  # (pin, ifindex, direction, prog fd)
-        self._metrics: TypedMap | None = None
-        self._lost: TypedMap | None = None
+        self.veths = VethPrograms(self.node)  # the pods' veth programs only: the socket LB (cgroup)
+        # and NodePort (eth0) links never see pod-to-pod packets on one node
+        self._counters: DatapathCounters | None = None
 
     # ---- agent-side views ----
     def status(self) -> dict:
@@ -107,96 +101,21 @@ class Lab:
                 return line.split(":", 1)[1].strip()
         return "?"
 
-    def _maps(self) -> tuple[TypedMap, TypedMap]:
-        if self._metrics is None:
-            pin = paths.bpf_pin_dir(self.node)
-            self._metrics = TypedMap(
-                Map.open_pinned(pin / abi.MAP_METRICS), abi.METRICS_KEY_DTYPE, abi.METRICS_VALUE_DTYPE
-            )
-            self._lost = TypedMap(
-                Map.open_pinned(pin / abi.MAP_LOST), abi.LOST_KEY_DTYPE, abi.LOST_VALUE_DTYPE
-            )
-        return self._metrics, self._lost  # type: ignore[return-value]
-
     def counters(self) -> dict[str, float]:
         """Packets the programs counted (every reason and direction), events lost, events the agent read."""
-        metrics, lost = self._maps()
-        _, values = metrics.to_arrays()
+        if self._counters is None:
+            self._counters = DatapathCounters(self.node)
         st = self.status()
         return {
-            "bpf_packets": float(values["packets"].sum()),
-            "lost": float(lost.lookup(0).sum()),
+            "bpf_packets": self._counters.packets(),
+            "lost": self._counters.events_lost(),
             "events_read": float(st.get("events_read", float("nan"))),
             "agent_cpu": cpu_seconds(int(st.get("pid", 0))),
         }
 
-    # ---- attach / detach ----
-    def detach_all(self) -> None:
-        # the pods' veth programs only: the socket LB (cgroup) and NodePort (eth0) links never see
-        # pod-to-pod packets
-        for pin in sorted(self.links_dir.glob("lxc*")):
-            link = Link.open_pinned(pin)
-            fd = _prog_get_fd_by_id(link.prog_id)  # keep the program alive for re-attaching
-            if fd < 0:
-                link.close()
-                raise OSError(-fd, f"bpf_prog_get_fd_by_id for {pin}")
-            self.detached.append((pin, link.ifindex, link.direction or "ingress", fd))
-            link.detach()  # unpins too
-        if not self.detached:
-            raise RuntimeError(f"no pinned links in {self.links_dir}")
-
-    def reattach_all(self) -> None:
-        """Attach the same programs again, pinned where the agent keeps them.
-
-        tcx attach takes an ifindex of the caller's netns, so it runs on a thread inside the node netns.
-        """
-        while self.detached:
-            pin, ifindex, direction, fd = self.detached.pop()
-
-            def attach(
-                fd: int = fd, ifindex: int = ifindex, direction: str = direction, pin: Path = pin
-            ) -> None:
-                attach_tc(fd, ifindex, direction, pin_path=pin).close()  # type: ignore[arg-type]
-
-            try:
-                call_in_netns(self.node_netns, attach)
-            finally:
-                os.close(fd)
-
     def close(self) -> None:
-        for m in (self._metrics, self._lost):
-            if m is not None:
-                m.map.close()
-
-
-def iperf3_client(client_ns: str, server_ip: str, seconds: int) -> dict:
-    argv = [
-        "nsenter",
-        f"--net={netns_path(client_ns)}",
-        "--",
-        "iperf3",
-        "-c",
-        server_ip,
-        "-p",
-        str(PORT),
-        "-t",
-        str(seconds),
-        "-O",
-        "1",
-        "-J",
-    ]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
-    data = json.loads(r.stdout) if r.stdout.strip().startswith("{") else {"error": r.stderr.strip()}
-    if "error" in data:
-        raise RuntimeError(f"iperf3 client failed: {data['error']}")
-    end = data["end"]
-    cpu = end.get("cpu_utilization_percent", {})
-    return {
-        "gbps": end["sum_received"]["bits_per_second"] / 1e9,
-        "retrans": end["sum_sent"].get("retransmits", 0),
-        "cpu_client": cpu.get("host_total", float("nan")),
-        "cpu_server": cpu.get("remote_total", float("nan")),
-    }
+        if self._counters is not None:
+            self._counters.close()
 
 
 def lab_up() -> Lab:
@@ -236,20 +155,9 @@ def main() -> int:
         server_ip = pods["server"]["status"]["podIPs"][0]["ip"]
         client_ns = pod_netns_name(lab.node, NS, "client")
         server_ns = pod_netns_name(lab.node, NS, "server")
-        server = subprocess.Popen(
-            ["nsenter", f"--net={netns_path(server_ns)}", "--", "iperf3", "-s", "-p", str(PORT)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for attempt in range(50):  # warm-up run; also waits for the server to listen
-            try:
-                iperf3_client(client_ns, server_ip, 1)
-                break
-            except RuntimeError:
-                if attempt == 49:
-                    raise
-                time.sleep(0.2)
-        links = sorted(p.name for p in lab.links_dir.iterdir())
+        server = Iperf3Server(server_ns)
+        server.start(client_ns, server_ip)
+        links = sorted(p.name for p in lab.veths.links_dir.iterdir())
         print(f"server {server_ip} in {server_ns}; tcx links: {', '.join(links)}")
         print(
             f"\n{'round':>5}  {'arm':<24}{'Gbit/s':>8}{'retrans':>9}{'cli CPU%':>9}{'srv CPU%':>9}"
@@ -266,7 +174,7 @@ def main() -> int:
                     level = want
                     lab.set_aggregation(level)
                 if arm == BARE:
-                    lab.detach_all()
+                    lab.veths.detach_all()
                 try:
                     before = lab.counters()
                     run = iperf3_client(client_ns, server_ip, seconds)
@@ -274,7 +182,7 @@ def main() -> int:
                     after = lab.counters()
                 finally:
                     if arm == BARE:
-                        lab.reattach_all()
+                        lab.veths.reattach_all()
                 for k in before:
                     run[k] = after[k] - before[k]
                 results[arm].append(run)
@@ -290,13 +198,9 @@ def main() -> int:
             lab.set_aggregation("medium")
     finally:
         if server is not None:
-            server.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                server.wait(timeout=5)
-            if server.poll() is None:
-                server.kill()
-        with contextlib.suppress(Exception):
-            lab.reattach_all()
+            server.stop()
+        with contextlib.suppress(Exception):  # the lab goes down next anyway
+            lab.veths.close()
         lab.close()
         subprocess.run([TENDRIL, "lab", "down", "--name", lab.name], capture_output=True, timeout=120)
 

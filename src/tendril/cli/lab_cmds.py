@@ -64,6 +64,13 @@ def _progress(msg: str) -> None:
     help="Hubble Relay port on 127.0.0.1 (0: no relay).",
 )
 @click.option(
+    "--ui-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Also start Hubble UI on 127.0.0.1:PORT (e.g. 12000; 0: no UI).",
+)
+@click.option(
     "--hubble-tls/--no-hubble-tls",
     default=None,
     help="mTLS between relay and agents (default: on with more than one node).",
@@ -78,6 +85,7 @@ def up(
     kvstore: str | None,
     kvstore_lease_ttl: float,
     relay_port: int,
+    ui_port: int,
     hubble_tls: bool | None,
     **hubble: object,
 ) -> None:
@@ -99,10 +107,13 @@ def up(
         relay_port=relay_port,
         hubble_tls=hubble_tls,
         kvstore_lease_ttl=kvstore_lease_ttl,
+        ui_port=ui_port,
     )
     click.echo(f"✅ lab {lab!r} is up with {len(record['nodes'])} node(s), {record['routing']} routing")
     if record.get("relay"):
         click.echo(f"   Hubble Relay: 127.0.0.1:{record['relay']['port']} (hubble observe --server ...)")
+    if record.get("ui"):
+        click.echo(f"   Hubble UI:    http://127.0.0.1:{record['ui']['port']}/")
 
 
 @lab.command()

@@ -107,10 +107,11 @@ def lab_up(
     relay_port: int = DEFAULT_RELAY_PORT,
     hubble_tls: bool | None = None,
     kvstore_lease_ttl: float = 10.0,
+    ui_port: int = 0,
 ) -> dict[str, Any]:
     """Build (or converge) the lab and start what it runs: etcd when it has several nodes (or the
-    given kvstore), one agent per node, TLS certificates between Hubble Relay and the agents, and
-    the relay on 127.0.0.1:<relay_port> (0: no relay)."""
+    given kvstore), one agent per node, TLS certificates between Hubble Relay and the agents, the
+    relay on 127.0.0.1:<relay_port> (0: no relay) and Hubble UI on 127.0.0.1:<ui_port> (0: none)."""
     from tendril.cli.agent_cmd import apply_hubble_options
     from tendril.hubble.container.ring import RingError, validate_capacity
 
@@ -214,6 +215,9 @@ def lab_up(
     deploy_cluster_dns(record["nodes"][0]["name"], progress)
     record["relay"] = _lab_relay(lab, record, relay_port, existing.get("relay"), progress)
     write_json(paths.lab_state_file(lab), record)
+    if record["relay"] and ui_port:
+        record["ui"] = _lab_ui(lab, ui_port, existing.get("ui"), progress)
+        write_json(paths.lab_state_file(lab), record)
     return record
 
 
@@ -292,10 +296,36 @@ def _lab_relay(
 ) -> dict[str, Any] | None:
     """Hubble Relay on 127.0.0.1:<port> in the host namespace, reaching every node's Observer over
     the underlay (mTLS when the lab has certificates), found through the nodes' Peer service."""
+    argv = [_tendril_exe(), "hubble", "relay", "--listen-address", f"127.0.0.1:{port}", "--cluster", lab]
+    for n in record["nodes"]:
+        argv += ["--peer-service", f"unix://{paths.hubble_socket(n['name'])}"]
+    if record.get("hubble_tls_dir"):
+        argv += ["--tls-dir", record["hubble_tls_dir"]]
+    return _start_lab_service(lab, "hubble relay", "relay", argv, port, old, progress)
+
+
+def _lab_ui(lab: str, port: int, old: dict[str, Any] | None, progress: Progress) -> dict[str, Any] | None:
+    """Hubble UI on http://127.0.0.1:<port>/, reading from the lab's relay."""
+    argv = [_tendril_exe(), "hubble", "ui", "--lab", lab, "--port", str(port)]
+    return _start_lab_service(lab, "hubble ui", "ui", argv, port, old, progress)
+
+
+def _start_lab_service(
+    lab: str,
+    what: str,
+    slug: str,
+    argv: list[str],
+    port: int,
+    old: dict[str, Any] | None,
+    progress: Progress,
+) -> dict[str, Any] | None:
+    """A long-running helper of the lab, detached, logging to labs/<lab>-<slug>.log, listening on
+    127.0.0.1:<port> (0: not wanted). A busy port is reported and skipped, not fatal: another lab
+    may hold the default port. Returns what `lab down` needs to stop exactly this process."""
     if port == 0:
         return None
     if old and runtime.process_alive(old["pid"], old["start_time"]) and old.get("port") == port:
-        progress(f"hubble relay already running on 127.0.0.1:{port} (pid {old['pid']})")
+        progress(f"{what} already running on 127.0.0.1:{port} (pid {old['pid']})")
         return old
     import socket
 
@@ -303,14 +333,9 @@ def _lab_relay(
         try:
             s.bind(("127.0.0.1", port))
         except OSError as e:
-            progress(f"hubble relay not started: 127.0.0.1:{port} is in use ({e.strerror})")
+            progress(f"{what} not started: 127.0.0.1:{port} is in use ({e.strerror})")
             return None
-    argv = [_tendril_exe(), "hubble", "relay", "--listen-address", f"127.0.0.1:{port}", "--cluster", lab]
-    for n in record["nodes"]:
-        argv += ["--peer-service", f"unix://{paths.hubble_socket(n['name'])}"]
-    if record.get("hubble_tls_dir"):
-        argv += ["--tls-dir", record["hubble_tls_dir"]]
-    log_path = paths.labs_dir() / f"{lab}-relay.log"
+    log_path = paths.labs_dir() / f"{lab}-{slug}.log"
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True
@@ -319,12 +344,12 @@ def _lab_relay(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise TendrilError(f"hubble relay exited ({proc.returncode}): " + " | ".join(tail))
+            raise TendrilError(f"{what} exited ({proc.returncode}): " + " | ".join(tail))
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 break
         time.sleep(0.1)
-    progress(f"hubble relay listening on 127.0.0.1:{port} (pid {proc.pid})")
+    progress(f"{what} listening on 127.0.0.1:{port} (pid {proc.pid})")
     return {"pid": proc.pid, "start_time": runtime.process_start_time(proc.pid) or 0, "port": port}
 
 
@@ -379,10 +404,11 @@ def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
     require_root("lab down")
     record = load_lab(lab) or {"nodes": []}
     names = [n["name"] for n in record["nodes"]]
-    relay = record.get("relay")
-    if relay:
-        progress(f"stopping hubble relay (pid {relay['pid']})")
-        runtime.stop(relay["pid"], relay["start_time"], timeout=5.0)
+    for what in ("ui", "relay"):
+        svc = record.get(what)
+        if svc:
+            progress(f"stopping hubble {what} (pid {svc['pid']})")
+            runtime.stop(svc["pid"], svc["start_time"], timeout=5.0)
     for n in record["nodes"]:
         progress(f"node {n['name']}: stopping agent (pid {n['agent_pid']})")
         runtime.stop(n["agent_pid"], n["agent_start_time"], timeout=5.0)
@@ -402,5 +428,6 @@ def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
         stop_etcd(etcd)
     shutil.rmtree(paths.labs_dir() / f"{lab}-etcd", ignore_errors=True)
     shutil.rmtree(paths.labs_dir() / f"{lab}-tls", ignore_errors=True)
-    (paths.labs_dir() / f"{lab}-relay.log").unlink(missing_ok=True)
+    for slug in ("relay", "ui"):
+        (paths.labs_dir() / f"{lab}-{slug}.log").unlink(missing_ok=True)
     paths.lab_state_file(lab).unlink(missing_ok=True)
