@@ -99,6 +99,18 @@ class Lab:
         return AgentClient(self.node)
 
 
+def wait_for(what: str, check, timeout: float = 30.0, interval: float = 0.3):  # noqa: ANN001, ANN201
+    """Poll `check` until it returns something truthy (returned), failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
 LOG_DIR = Path(os.environ.get("TENDRIL_TEST_LOGS", "/tmp/tendril-test-logs"))
 
 

@@ -16,13 +16,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
-from conftest import Lab, _require_root, save_lab_logs, tendril
+from conftest import Lab, _require_root, save_lab_logs, tendril, wait_for
 from tendril.datapath.netns import nsenter_argv
 from test_policy_integration import PROBE
 
@@ -125,17 +124,6 @@ class Cluster:
 
     def relay(self) -> grpc.Channel:
         return grpc.insecure_channel(f"127.0.0.1:{self.relay_port}")
-
-
-def wait_for(what: str, check, timeout: float = 30.0, interval: float = 0.3):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module", params=["native", "vxlan"])

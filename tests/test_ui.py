@@ -16,14 +16,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import TENDRIL, Lab
+from conftest import TENDRIL, Lab, wait_for
 from tendril.hubble.api import flow_pb2
 from tendril.ui.model import FlowWindow, app_name, flow_row, map_node, service_map
 from tendril.ui.query import FlowQuery, QueryError
@@ -473,17 +472,6 @@ class UI:
         r = self.http.get("/api/servicemap", params=[("namespace", ns) for ns in namespaces])
         r.raise_for_status()
         return {e["id"]: e for e in r.json()["edges"]}
-
-
-def wait_for(what: str, check, timeout: float = 20.0, interval: float = 0.3):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 ALLOWED = "shop/frontend>shop/backend:TCP/8080"

@@ -32,19 +32,11 @@ from datetime import UTC, datetime
 
 from tendril.hubble.api import flow_pb2
 from tendril.hubble.api.jsonpb import dumps as jsonpb_dumps
+from tendril.monitor.api import RESERVED_IDENTITY_NAMES
 
 # Cilium's reserved identities, by number and by their `reserved:` label
 RESERVED_NAMES: dict[int, str] = {
-    1: "host",
-    2: "world",
-    3: "unmanaged",
-    4: "health",
-    5: "init",
-    6: "remote-node",
-    7: "kube-apiserver",
-    8: "ingress",
-    9: "world",  # world-ipv4
-    10: "world",  # world-ipv6
+    n: "world" if name.startswith("world") else name for n, name in RESERVED_IDENTITY_NAMES.items() if n
 }
 _RESERVED_LABELS = {
     "host": "host",

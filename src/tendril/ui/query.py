@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from tendril.hubble.api import flow_pb2
+from tendril.hubble.cli.offline_filters import L4_KINDS
 from tendril.hubble.filters.base import FilterError, quote
 from tendril.hubble.filters.port import parse_ports
 from tendril.hubble.filters.protocol import L4_PROTOCOLS, L7_PROTOCOLS
@@ -35,17 +36,6 @@ _POD_PREFIX_RE = re.compile(r"^[a-z0-9][-a-z0-9.]*$")
 
 VERDICTS = tuple(name for name, number in flow_pb2.Verdict.items() if number != 0)
 
-# flow.Layer4 oneof names per protocol filter value (as the offline filters spell them)
-_L4_KINDS: dict[str, tuple[str, ...]] = {
-    "icmp": ("ICMPv4", "ICMPv6"),
-    "icmpv4": ("ICMPv4",),
-    "icmpv6": ("ICMPv6",),
-    "tcp": ("TCP",),
-    "udp": ("UDP",),
-    "sctp": ("SCTP",),
-    "vrrp": ("VRRP",),
-    "igmp": ("IGMP",),
-}
 _PORT_KINDS = ("TCP", "UDP", "SCTP")
 
 
@@ -133,7 +123,7 @@ class FlowQuery:
     _kinds: frozenset[str] = field(default=frozenset(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        kinds = frozenset(k for p in self.protocols for k in _L4_KINDS.get(p, ()))
+        kinds = frozenset(k for p in self.protocols for k in L4_KINDS.get(p, ()))
         object.__setattr__(self, "_kinds", kinds)
 
     @classmethod

@@ -17,7 +17,7 @@ from tendril.hubble.cli.errors import CLIError
 
 Pred = Callable[[flow_pb2.Flow], bool]
 
-_L4_PROTOCOLS = {
+L4_KINDS: dict[str, tuple[str, ...]] = {  # protocol filter value -> flow.Layer4 oneof names
     "icmp": ("ICMPv4", "ICMPv6"),
     "icmpv4": ("ICMPv4",),
     "icmpv6": ("ICMPv6",),
@@ -75,8 +75,8 @@ def _protocol_pred(values: Sequence[str]) -> Pred:
     l7: set[str] = set()
     for p in values:
         name = p.lower()
-        if name in _L4_PROTOCOLS:
-            l4.update(_L4_PROTOCOLS[name])
+        if name in L4_KINDS:
+            l4.update(L4_KINDS[name])
         elif name in _L7_PROTOCOLS:
             l7.add(name)
         else:
