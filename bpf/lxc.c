@@ -93,7 +93,7 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	if (h->obs_point == TND_TRACE_FROM_LXC) {
 		proxy_port = tnd_proxy_wanted(&p, ep->identity);
 		if (proxy_port) {
-			reason = tnd_proxy_assign(skb, &p, proxy_port);
+			reason = tnd_proxy_assign(skb, &p, proxy_port, 1);
 			if (reason)
 				goto drop;
 			return tnd_forward_at(skb, &p, h, settings.trace_level, TND_TRACE_TO_PROXY);

@@ -106,6 +106,10 @@ INGRESS_L7 = cnp(
     - fromEndpoints: [{matchLabels: {app: client}}]
       toPorts:
         - ports: [{port: "8200", protocol: TCP}]
+    - fromEntities: [world]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules: {http: [{method: GET, path: "/world"}]}
 """,
 )
 
@@ -120,8 +124,10 @@ class Pods:
         return ips[0] if family == 4 else ips[1]
 
     def run(self, pod: str, code: str, *args: str, check: bool = True) -> str:
+        """Python code in a pod of shop, or in the lab's "world" or the node ("host")."""
+        netns = {"world": f"tnd-{self.lab.name}-world", "host": f"tnd-{self.lab.node}"}.get(pod)
         r = subprocess.run(
-            nsenter_argv(self.lab.pod_netns("shop", pod), [sys.executable, "-c", code, *args]),
+            nsenter_argv(netns or self.lab.pod_netns("shop", pod), [sys.executable, "-c", code, *args]),
             capture_output=True,
             text=True,
             timeout=60,
@@ -221,6 +227,19 @@ def test_peer_without_l7_rule_is_denied_at_l3_l4_and_never_proxied(lab: Lab, l7_
         "other", KEEPALIVE, l7_policy.ip("server"), "8080", '[["GET", "/public", {}]]', check=False
     )
     assert "timed out" in r or r == "" or "Errno" in r
+
+
+def test_world_goes_through_the_proxy(lab: Lab, l7_policy: Pods) -> None:
+    """Sources outside the node are redirected by the underlay's program (tnd_from_netdev). The
+    node itself is allowed by allow-localhost (an L3 entry without redirect), as in Cilium."""
+    got = l7_policy.requests("world", [["GET", "/world", {}], ["GET", "/public", {}]])
+    assert [c for c, _ in got] == [200, 403]
+    reqs = [f for f in observe(lab, "--type", "l7", "--http-path", "/world") if f["l7"]["type"] == "REQUEST"]
+    assert reqs and reqs[-1]["source"]["identity"] == 2  # reserved:world
+    r = l7_policy.run(
+        "host", KEEPALIVE, l7_policy.ip("server"), "8080", '[["GET", "/world", {}]]', check=False
+    )
+    assert "[[200, " in r
 
 
 def test_l7_flows_in_observer_and_cli(lab: Lab, l7_policy: Pods) -> None:

@@ -183,6 +183,13 @@ static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pk
 		}
 	} else if (p->tuple.proto == IPPROTO_TCP) {
 		p->proxy_port = d.proxy_port;
+		/* Ingress that an L7 rule covers but that did not come through the proxy (proxy.h says
+		 * how it could get here): drop, never bypass the rule. */
+		if (d.proxy_port && !egress &&
+		    (skb->mark & TND_MARK_MAGIC_MASK) != TND_MARK_MAGIC_FROM_PROXY) {
+			reason = TND_DROP_POLICY_DENIED;
+			ev_flags |= TND_EVF_POLICY_DENY;
+		}
 	}
 	if (p->ct_state == TND_CT_NEW)
 		tnd_emit(skb, p, TND_EVENT_POLICY_VERDICT, d.match, ev_flags);

@@ -16,6 +16,12 @@
  * packet is assigned to that socket and marked TND_MARK_MAGIC_TO_PROXY; the agent's policy routing
  * (fwmark -> table TND_PROXY_ROUTE_TABLE: local default route) delivers it locally, and the proxy's
  * getsockname() is the original destination. No listener -> drop 178 (fail closed).
+ *
+ * Sources outside the node (another node's pods, the world) reach a pod here through the underlay
+ * or the overlay device, whose tc ingress programs redirect for the destination's ingress rules
+ * (tnd_proxy_from_outside). What still arrives at tnd_to_container for an entry with a proxy port
+ * without coming from the proxy (the node itself, NodePort-translated traffic) is dropped there
+ * (policy.h): an L7 rule is never bypassed.
  */
 #ifndef TND_PROXY_H
 #define TND_PROXY_H
@@ -63,8 +69,11 @@ static __always_inline __be16 tnd_proxy_wanted(const struct tnd_pkt *p, __u32 sr
 	return p->proxy_port ? p->proxy_port : dest_port;
 }
 
-/* Assign the packet to the proxy's socket (see the top). Returns 0 or a drop reason. */
-static __always_inline int tnd_proxy_sk_assign(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port)
+/* Assign the packet to the proxy's socket (see the top). Returns 0, a drop reason, or
+ * TND_PROXY_NO_SOCKET when !listener_ok and the proxy has no socket of this connection. */
+#define TND_PROXY_NO_SOCKET (-1)
+static __always_inline int tnd_proxy_sk_assign(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port,
+					       int listener_ok)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
@@ -95,6 +104,8 @@ static __always_inline int tnd_proxy_sk_assign(struct __sk_buff *skb, const stru
 		bpf_sk_release(sk);
 	}
 	/* 2. The proxy's listener. */
+	if (!listener_ok)
+		return TND_PROXY_NO_SOCKET;
 	if (p->tuple.ip_version == 4)
 		t.ipv4.dport = proxy_port;
 	else
@@ -114,14 +125,38 @@ static __always_inline int tnd_proxy_sk_assign(struct __sk_buff *skb, const stru
 /* Assign, then mark for the proxy's policy routing. One store to skb->mark at a constant offset
  * (two stores in the branches above get merged by clang into a computed ctx pointer, which the
  * verifier refuses). */
-static __always_inline int tnd_proxy_assign(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port)
+static __always_inline int tnd_proxy_assign(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port,
+					    int listener_ok)
 {
-	int reason = tnd_proxy_sk_assign(skb, p, proxy_port);
+	int reason = tnd_proxy_sk_assign(skb, p, proxy_port, listener_ok);
 
 	if (reason)
 		return reason;
 	skb->mark = TND_MARK_MAGIC_TO_PROXY;
 	return 0;
+}
+
+/*
+ * From outside the node (tnd_from_netdev on the underlay, tnd_from_overlay on the VXLAN device), for
+ * a destination pod here whose ingress rule for src_identity has a proxy port. No conntrack is
+ * consulted there, so only a connection's opening SYN goes to the listener; other packets go to
+ * the proxy only when it has a socket of their connection (so replies to this node's own clients
+ * are never taken). Returns 1 redirected (and marked), 0 not, or -(drop reason).
+ */
+static __always_inline int tnd_proxy_from_outside(struct __sk_buff *skb, const struct tnd_pkt *p, __u32 src_identity)
+{
+	__be16 proxy_port;
+	int denied, ret;
+
+	if (p->tuple.proto != IPPROTO_TCP || p->no_l4)
+		return 0;
+	proxy_port = tnd_proxy_dest_ingress(p, src_identity, &denied);
+	if (!proxy_port)
+		return 0;
+	ret = tnd_proxy_assign(skb, p, proxy_port, (p->tcp_flags & (TND_TCP_SYN | TND_TCP_ACK)) == TND_TCP_SYN);
+	if (ret == TND_PROXY_NO_SOCKET)
+		return 0;
+	return ret ? -ret : 1;
 }
 
 /* A packet the proxy sent (its sockets carry TND_MARK_MAGIC_FROM_PROXY). */
