@@ -24,6 +24,7 @@ from tendril.proxy.decide import ConnectionContext
 EVENT_L7 = 129  # Cilium's MessageTypeAccessLog
 IPPROTO_TCP = 6
 FLUSH_S = 0.005
+BATCH = 1024
 
 
 class L7FlowWriter:
@@ -33,12 +34,15 @@ class L7FlowWriter:
         self.tables = tables
         self.node_id = node_id
         self.publish = publish
-        self._pending: list[np.ndarray] = []
+        self._buf = rec.empty(BATCH)  # rows of the next batch, written in place
+        self._n = 0
         self._scheduled = False
 
-    def _row(self, ctx: ConnectionContext, reply: bool, verdict: int, l7: flow_pb2.Layer7) -> np.ndarray:
-        row = rec.empty(1)
-        r = row[0]
+    def _row(self, ctx: ConnectionContext, reply: bool, verdict: int, l7: flow_pb2.Layer7) -> None:
+        if self._n == len(self._buf):
+            self.flush()
+        r = self._buf[self._n]
+        self._n += 1
         r["time_ns"] = time.time_ns()
         r["uuid"] = np.void(os.urandom(16))
         r["node"] = self.node_id
@@ -60,7 +64,9 @@ class L7FlowWriter:
         (r["src_ep"], r["src_identity"]), (r["dst_ep"], r["dst_identity"]) = sides
         r["ep_id"] = ctx.ep_id
         r["l7"] = self.tables.l7.add(l7)
-        return row
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def request(
         self,
@@ -80,7 +86,7 @@ class L7FlowWriter:
                 headers=[flow_pb2.HTTPHeader(key=k, value=v) for k, v in headers],
             ),
         )
-        self._add(self._row(ctx, False, verdict, l7))
+        self._row(ctx, False, verdict, l7)
 
     def response(
         self,
@@ -97,16 +103,12 @@ class L7FlowWriter:
             latency_ns=max(0, latency_ns),
             http=flow_pb2.HTTP(code=code, method=method, url=url, protocol=protocol),
         )
-        self._add(self._row(ctx, True, verdict, l7))
-
-    def _add(self, row: np.ndarray) -> None:
-        self._pending.append(row)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+        self._row(ctx, True, verdict, l7)
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._pending:
-            rows, self._pending = np.concatenate(self._pending), []
+        if self._n:
+            rows = self._buf[: self._n].copy()
+            self._buf[: self._n] = rec.empty(self._n)
+            self._n = 0
             self.publish(rows)

@@ -52,33 +52,49 @@ class ProxyStats:
 
 
 class _Peer:
-    """One h11 connection over an asyncio stream pair."""
+    """One h11 connection over an asyncio stream pair.
+
+    Output is buffered and written once per turn (before this side or its partner blocks on a
+    read, or on `flush`): a response's head, body and end then leave in one write, not three.
+    """
 
     def __init__(
         self,
         role: type[h11.CLIENT] | type[h11.SERVER],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-    ) -> None:  # noqa: E501
+    ) -> None:
         self.conn = h11.Connection(our_role=role)
         self.reader = reader
         self.writer = writer
+        self.partner: _Peer | None = None
+        self._out: list[bytes] = []
 
     async def next_event(self) -> object:
         while True:
             ev = self.conn.next_event()
             if ev is h11.NEED_DATA:
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT_S)
+                await self.flush()
+                if self.partner is not None:
+                    await self.partner.flush()
+                async with asyncio.timeout(IDLE_TIMEOUT_S):
+                    data = await self.reader.read(READ_SIZE)
                 self.conn.receive_data(data)
                 continue
             return ev
 
-    async def send(self, *events: object) -> None:
+    def send(self, *events: object) -> None:
         for ev in events:
             data = self.conn.send(ev)  # type: ignore[arg-type]
             if data:
-                self.writer.write(data)
-        await self.writer.drain()
+                self._out.append(data)
+
+    async def flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self.writer.write(data)
+            await self.writer.drain()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -112,6 +128,9 @@ class HTTPProxy:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Peer(h11.SERVER, reader, writer)
         upstream: _Peer | None = None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # headers and body go out as separate writes: no Nagle wait between them
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             peer = writer.get_extra_info("peername")
             orig = writer.get_extra_info("sockname")
@@ -141,6 +160,7 @@ class HTTPProxy:
             if not isinstance(ev, h11.Request):
                 return upstream  # ConnectionClosed (or PAUSED after a close)
             upstream = await self._exchange(client, upstream, ctx, ev)
+            await client.flush()
             if upstream is not None:  # reuse it when this exchange (if it used it) finished cleanly
                 states = (upstream.conn.our_state, upstream.conn.their_state)
                 if states == (h11.DONE, h11.DONE):
@@ -169,7 +189,7 @@ class HTTPProxy:
         if not allowed:
             self.stats.requests["denied"] += 1
             await self._discard_body(client)
-            await client.send(
+            client.send(
                 h11.Response(
                     status_code=403,
                     reason=b"Forbidden",
@@ -189,6 +209,7 @@ class HTTPProxy:
         if upstream is None:
             try:
                 upstream = await self._connect(ctx)
+                upstream.partner, client.partner = client, upstream
             except OSError:
                 await self._discard_body(client)
                 await self._local_response(client, 503, b"Service Unavailable", b"upstream connect error")
@@ -199,24 +220,24 @@ class HTTPProxy:
         out_headers = list(req.headers.raw_items())
         if not host:
             out_headers.append((b"Host", authority.encode()))
-        await upstream.send(h11.Request(method=req.method, target=req.target, headers=out_headers))
+        upstream.send(h11.Request(method=req.method, target=req.target, headers=out_headers))
         while True:  # the request body
             ev = await client.next_event()
-            await upstream.send(ev)
+            upstream.send(ev)
             if isinstance(ev, h11.EndOfMessage):
                 break
         code = 0
         while True:  # the response, 1xx included
             ev = await upstream.next_event()
             if isinstance(ev, h11.InformationalResponse):
-                await client.send(ev)
+                client.send(ev)
                 continue
             if isinstance(ev, h11.Response):
                 code = ev.status_code
                 self.flows.response(
                     ctx, method, url, protocol, code, time.monotonic_ns() - start, rec.FORWARDED
                 )
-                await client.send(
+                client.send(
                     h11.Response(
                         status_code=ev.status_code, reason=ev.reason, headers=list(ev.headers.raw_items())
                     )
@@ -224,7 +245,7 @@ class HTTPProxy:
                 continue
             if isinstance(ev, h11.ConnectionClosed):
                 raise ConnectionResetError("upstream closed before the response ended")
-            await client.send(ev)  # Data / EndOfMessage
+            client.send(ev)  # Data / EndOfMessage
             if isinstance(ev, h11.EndOfMessage):
                 return upstream
 
@@ -249,7 +270,7 @@ class HTTPProxy:
                 return
 
     async def _local_response(self, client: _Peer, code: int, reason: bytes, body: bytes) -> None:
-        await client.send(
+        client.send(
             h11.Response(
                 status_code=code,
                 reason=reason,
@@ -265,7 +286,7 @@ class HTTPProxy:
         self.flows.response(ctx, "", "", "HTTP/1.1", 400, 0, rec.ERROR)
         if client.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
-                await client.send(
+                client.send(
                     h11.Response(
                         status_code=400,
                         reason=b"Bad Request",
@@ -278,6 +299,7 @@ class HTTPProxy:
                     h11.Data(data=b"Bad Request"),
                     h11.EndOfMessage(),
                 )
+                await client.flush()
 
 
 def _authority(ctx: ConnectionContext) -> str:
