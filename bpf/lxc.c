@@ -25,6 +25,10 @@
  * reports it at TO_OVERLAY instead of FROM_LXC. tnd_to_container takes the
  * source identity of a packet that came out of the overlay from skb->mark
  * (set by tnd_from_overlay, overlay.c) instead of looking its source up.
+ *
+ * L7 (proxy.h): tnd_from_container hands a TCP connection an L7 rule covers (its own egress rule,
+ * or the ingress rule of a destination pod on this node) to the node's proxy with bpf_sk_assign,
+ * reported at TO_PROXY; tnd_to_container reports what the proxy sends at FROM_PROXY.
  */
 #include "common.h"
 #include "maps.h"
@@ -35,6 +39,7 @@
 #include "verdict.h"
 #include "lb.h"
 #include "overlay.h"
+#include "proxy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -44,6 +49,7 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	struct tnd_settings settings;
 	struct tnd_pkt p = {};
 	__u32 redirect = 0;
+	__be16 proxy_port;
 	int reason, ret;
 
 	/* 1. Ours? Packets of other interfaces pass untouched. */
@@ -83,6 +89,17 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	if (reason)
 		goto drop;
 
+	/* 6b. An L7 rule covers it: to the node's proxy (proxy.h). */
+	if (h->obs_point == TND_TRACE_FROM_LXC) {
+		proxy_port = tnd_proxy_wanted(&p, ep->identity);
+		if (proxy_port) {
+			reason = tnd_proxy_assign(skb, &p, proxy_port, 1);
+			if (reason)
+				goto drop;
+			return tnd_forward_at(skb, &p, h, settings.trace_level, TND_TRACE_TO_PROXY);
+		}
+	}
+
 	/* 7. A NodePort reply: source back to the frontend (lb.h). */
 	if (h->obs_point == TND_TRACE_FROM_LXC && p.ct_state == TND_CT_REPLY) {
 		ret = tnd_lb_rev_nat(skb, &p, &redirect);
@@ -105,7 +122,9 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		}
 	}
 
-	/* 9. Count, trace as the level says, forward. */
+	/* 9. Count, trace as the level says, forward. What the proxy sends is reported at from-proxy. */
+	if (h->obs_point == TND_TRACE_TO_LXC && tnd_proxy_sent(skb))
+		return tnd_forward_at(skb, &p, h, settings.trace_level, TND_TRACE_FROM_PROXY);
 	ret = tnd_forward(skb, &p, h, settings.trace_level);
 	if (redirect)
 		return bpf_redirect_neigh(redirect, NULL, 0, 0);

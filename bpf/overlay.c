@@ -27,6 +27,7 @@
 #include "events.h"
 #include "metrics.h"
 #include "overlay.h"
+#include "proxy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -46,7 +47,7 @@ int tnd_from_overlay(struct __sk_buff *skb)
 	struct tnd_settings settings;
 	struct tnd_pkt p = {};
 	__u32 identity;
-	int reason;
+	int reason, ret;
 
 	p.tuple.ifindex = skb->ifindex;
 	p.inner.ifindex = skb->ifindex;
@@ -62,8 +63,19 @@ int tnd_from_overlay(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	identity = tnd_overlay_vni_identity(key.tunnel_id);
-	skb->mark = tnd_overlay_mark(identity);
 	p.remote_id = identity;
+	/* An L7 ingress rule of the destination pod: to the node's proxy (proxy.h). */
+	ret = tnd_proxy_from_outside(skb, &p, identity);
+	if (ret < 0) {
+		reason = -ret;
+		goto drop;
+	}
+	if (ret > 0) {
+		if (tnd_overlay_trace_wanted(settings.trace_level, &p))
+			tnd_emit(skb, &p, TND_EVENT_TRACE, TND_TRACE_TO_PROXY, 0);
+		return TC_ACT_OK;
+	}
+	skb->mark = tnd_overlay_mark(identity);
 	if (tnd_overlay_trace_wanted(settings.trace_level, &p))
 		tnd_emit(skb, &p, TND_EVENT_TRACE, TND_TRACE_FROM_OVERLAY, 0);
 	return TC_ACT_OK;

@@ -48,6 +48,7 @@
 #include "ipcache.h"
 #include "metrics.h"
 #include "lb.h"
+#include "proxy.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -424,35 +425,52 @@ dnat:
 	return 0;
 }
 
+/* The packet as the shared headers (events, proxy.h) see it, from the LB parse. */
+static __always_inline void tnd_lb_pkt_to_pkt(struct __sk_buff *skb, const struct tnd_lb_pkt *lp, struct tnd_pkt *p)
+{
+	p->tuple.ifindex = skb->ifindex;
+	tnd_copy_addr16(p->tuple.saddr, lp->key.saddr);
+	tnd_copy_addr16(p->tuple.daddr, lp->key.daddr);
+	p->tuple.sport = bpf_ntohs(lp->key.sport);
+	p->tuple.dport = bpf_ntohs(lp->key.dport);
+	p->tuple.proto = lp->key.proto;
+	p->tuple.ip_version = lp->key.family;
+	p->len = lp->len;
+	if (lp->key.proto == IPPROTO_TCP)
+		tnd_load(skb, lp->l4_off + 13, &p->tcp_flags, sizeof(p->tcp_flags));
+	p->ev_flags = lp->key.family == 6 ? TND_EVF_IPV6 : 0;
+	p->remote_id = tnd_ipcache_identity(lp->key.saddr, lp->key.family);
+}
+
 SEC("tc")
 int tnd_from_netdev(struct __sk_buff *skb)
 {
 	struct tnd_lb_pkt lp = {};
 	struct tnd_pkt p = {};
-	int reason;
+	int reason, ret;
 
 	if (tnd_lb_parse(skb, &lp))
 		return TC_ACT_OK;
 	/* The overlay's VXLAN packets are the node's own business, never a NodePort. */
 	if (lp.key.proto == IPPROTO_UDP && lp.key.dport == bpf_htons(TND_VXLAN_PORT))
 		return TC_ACT_OK;
+	tnd_lb_pkt_to_pkt(skb, &lp, &p);
+	/* An L7 ingress rule of the destination pod (not a NodePort: its destination is the node) */
+	ret = tnd_proxy_from_outside(skb, &p, p.remote_id);
+	if (ret < 0) {
+		reason = -ret;
+		goto drop;
+	}
+	if (ret > 0) {
+		if (p.tcp_flags & (TND_TCP_SYN | TND_TCP_FIN | TND_TCP_RST))
+			tnd_emit(skb, &p, TND_EVENT_TRACE, TND_TRACE_TO_PROXY, 0);
+		return TC_ACT_OK;
+	}
 	reason = tnd_nodeport_lb(skb, &lp);
 	if (!reason)
 		return TC_ACT_OK;
 
-	/* Drop: event as for any packet (ports host order), peer = the client. */
-	p.tuple.ifindex = skb->ifindex;
-	tnd_copy_addr16(p.tuple.saddr, lp.key.saddr);
-	tnd_copy_addr16(p.tuple.daddr, lp.key.daddr);
-	p.tuple.sport = bpf_ntohs(lp.key.sport);
-	p.tuple.dport = bpf_ntohs(lp.key.dport);
-	p.tuple.proto = lp.key.proto;
-	p.tuple.ip_version = lp.key.family;
-	p.len = lp.len;
-	if (lp.key.proto == IPPROTO_TCP)
-		tnd_load(skb, lp.l4_off + 13, &p.tcp_flags, sizeof(p.tcp_flags));
-	p.ev_flags = lp.key.family == 6 ? TND_EVF_IPV6 : 0;
-	p.remote_id = tnd_ipcache_identity(lp.key.saddr, lp.key.family);
+drop:	/* event as for any packet (ports host order), peer = the client */
 	tnd_metrics_count(reason, TND_METRIC_INGRESS, lp.len);
 	tnd_emit(skb, &p, TND_EVENT_DROP, reason, 0);
 	return TC_ACT_SHOT;

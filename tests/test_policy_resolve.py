@@ -446,10 +446,10 @@ def test_host_policies_apply_to_the_host_endpoint_only() -> None:
 
 
 def test_notices_reach_the_endpoints_they_concern() -> None:
-    w = World(cnp("ingress: [{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]}]"))
+    w = World(cnp("ingress: [{toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {kafka: [{}]}}]}]"))
     assert w.resolve().notices == (
-        "p.yaml: CiliumNetworkPolicy 'p': spec.ingress[0].toPorts[0].rules: L7 rule not yet enforced (HTTP): "
-        "only its L3/L4 part is enforced",
+        "p.yaml: CiliumNetworkPolicy 'p': spec.ingress[0].toPorts[0].rules: L7 rule not yet enforced "
+        "(KAFKA): only its L3/L4 part is enforced",
     )
     assert w.resolve("db").notices == ()
 
@@ -462,9 +462,9 @@ def test_entry_shape_matches_the_map_key() -> None:
     assert EndpointPolicy.marker_identity() == 0xFFFFFFFF
     ep = World(cnp("ingress: [{toPorts: [{ports: [{port: '80', protocol: TCP}]}]}]")).resolve()
     assert sorted(ep.map_items()) == [
-        (40, 1, 0, 0, 0, 0, MatchType.L3_ONLY, "allow-localhost"),
-        (64, 0, 0, TCP, 80, 0, MatchType.L4_ONLY, "CiliumNetworkPolicy/shop/p:spec.ingress[0]"),
-        (64, 0xFFFFFFFF, 0, 0, 0, 0, MatchType.NONE, ""),  # ingress is enforced
+        (40, 1, 0, 0, 0, 0, MatchType.L3_ONLY, "allow-localhost", 0),
+        (64, 0, 0, TCP, 80, 0, MatchType.L4_ONLY, "CiliumNetworkPolicy/shop/p:spec.ingress[0]", 0),
+        (64, 0xFFFFFFFF, 0, 0, 0, 0, MatchType.NONE, "", 0),  # ingress is enforced
     ]
 
 

@@ -338,9 +338,7 @@ def test_l7_rules_are_accepted_and_reported() -> None:
         ),
         "p.yaml",
     )
-    assert policy.notices == (
-        "p.yaml: CiliumNetworkPolicy 'web': spec.ingress[0].toPorts[0].rules: L7 rule not yet enforced "
-        "(HTTP): only its L3/L4 part is enforced",
+    assert policy.notices == (  # HTTP rules are enforced by the L7 proxy: no notice
         "p.yaml: CiliumNetworkPolicy 'web': spec.egress[0].toPorts[0].rules: L7 rule not yet enforced "
         "(DNS): only its L3/L4 part is enforced",
         "p.yaml: CiliumNetworkPolicy 'web': spec.egress[1].toFQDNs: toFQDNs (DNS-based peers) not yet "
@@ -350,6 +348,7 @@ def test_l7_rules_are_accepted_and_reported() -> None:
     )
     peer_rules = policy.rules[0].peer_rules
     assert [pr.l7 for pr in peer_rules] == [True, True, False, True]
+    assert peer_rules[0].l7_rules is not None and peer_rules[1].l7_rules is None
     assert peer_rules[2].peers == (NoPeers("toFQDNs (DNS-based peers)"),)
 
 

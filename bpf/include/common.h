@@ -106,7 +106,8 @@ struct tnd_pkt {
 	__u8  no_l4;        /* non-first fragment: no L4 header  */
 	__u8  first_reply;  /* this packet set CT SEEN_REPLY      */
 	__u8  ct_reopen;    /* NEW: a SYN reopening a closing entry */
-	__u8  pad[3];
+	__u8  pad;
+	__be16 proxy_port;  /* L7 redirect wanted by the policy (proxy.h); 0 = none */
 	__u32 remote_id;    /* peer identity; 0 = not looked up yet */
 };
 

@@ -28,7 +28,7 @@
 
 #define TND_OVERLAY_TTL 64
 
-_Static_assert(sizeof(struct tnd_ipcache_value) == 8, "struct tnd_ipcache_value size changed");
+_Static_assert(sizeof(struct tnd_ipcache_value) == 12, "struct tnd_ipcache_value size changed");
 
 /* Byte i (0 = first on the wire) of TND_OVERLAY_MAC. */
 #define TND_OVERLAY_MAC_BYTE(i) ((__u8)((TND_OVERLAY_MAC >> (8 * (5 - (i)))) & 0xff))

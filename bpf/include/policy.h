@@ -26,8 +26,8 @@
  * (TND_SETTINGS_POLICY_AUDIT) a denied packet is forwarded instead, its verdict event has
  * TND_EVF_POLICY_DENY | TND_EVF_POLICY_AUDIT, and its connection gets a CT entry like any allowed one.
  *
- * Which allow entry decides when both lookups match (it only matters for the reported match type
- * and, later, the proxy port): the one with the more specific L4 part (port > protocol > any), and
+ * Which allow entry decides when both lookups match (it matters for the reported match type
+ * and the proxy port): the one with the more specific L4 part (port > protocol > any), and
  * on a tie the peer-identity one, approximating Cilium's "longest port prefix, then identity".
  */
 #ifndef TND_POLICY_H
@@ -86,20 +86,81 @@ static __always_inline int tnd_match_l4_rank(__u8 match_type)
 	return 0;
 }
 
+/* What one endpoint's map decides for a peer and an L4 key: the reason (0 allow), the match type
+ * of the deciding entry and, for an allow, its proxy port (network order, 0 = no L7 redirect). */
+struct tnd_policy_decision {
+	int reason;
+	__u8 match;
+	__be16 proxy_port;
+};
+
+/* The two lookups and deny-over-allow (see the top of this file) in map pm. */
+static __always_inline void tnd_policy_decide(void *pm, __u32 identity, __u8 egress, __u8 proto, __be16 dport,
+					      struct tnd_policy_decision *d)
+{
+	const struct tnd_policy_value *id_v, *any_v, *v;
+	struct tnd_policy_key k;
+
+	d->reason = 0;
+	d->match = TND_MATCH_NONE;
+	d->proxy_port = 0;
+	k.prefixlen = TND_POLICY_FULL_PREFIX;
+	k.identity = identity;
+	k.egress = egress;
+	k.proto = proto;
+	k.dport = dport;
+	id_v = bpf_map_lookup_elem(pm, &k);
+	any_v = NULL;
+	if (!id_v || !(id_v->flags & TND_POLICY_DENY)) {   /* a deny by identity needs no second look */
+		k.identity = 0;
+		any_v = bpf_map_lookup_elem(pm, &k);
+	}
+
+	if (id_v && (id_v->flags & TND_POLICY_DENY)) {
+		d->reason = TND_DROP_POLICY_DENY;
+		d->match = id_v->match_type;
+	} else if (any_v && (any_v->flags & TND_POLICY_DENY)) {
+		d->reason = TND_DROP_POLICY_DENY;
+		d->match = any_v->match_type;
+	} else if (id_v || any_v) {
+		v = id_v;
+		if (!v || (any_v && tnd_match_l4_rank(any_v->match_type) > tnd_match_l4_rank(v->match_type)))
+			v = any_v;
+		if (v) {
+			d->match = v->match_type;
+			d->proxy_port = v->proxy_port;
+		}
+	} else {
+		d->reason = TND_DROP_POLICY_DENIED;
+	}
+}
+
+/* The L4 key a packet is looked up with: its destination port (network order), the ICMP type for
+ * ICMP/ICMPv6, 0 for other protocols. */
+static __always_inline __be16 tnd_policy_dport(const struct tnd_pkt *p)
+{
+	__u8 proto = p->tuple.proto;
+
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP)
+		return bpf_htons(p->tuple.dport);
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+		return bpf_htons(p->icmp_type);   /* 0 for ICMP in the other IP version (opaque) */
+	return 0;
+}
+
 /*
  * The policy step (see the top of this file). Sets p->remote_id when it looks the peer up (a
- * remote_id set before, the source identity an overlay packet carried, is used as it is).
+ * remote_id set before, the source identity an overlay packet carried, is used as it is), and
+ * p->proxy_port when the allowing entry redirects TCP to the L7 proxy.
  * Returns 0 (forward) or the drop reason.
  */
 static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h,
 					    __u32 settings_flags)
 {
-	const struct tnd_policy_value *id_v, *any_v, *v;
 	const __u8 egress = h->ct_scope == TND_CT_EGRESS;
-	struct tnd_policy_key k;
+	struct tnd_policy_decision d;
 	__u16 ev_flags = tnd_hook_flags(h);
-	__u8 match = TND_MATCH_NONE;
-	int reason = 0;
+	int reason;
 	void *pm;
 
 	if (p->ct_state == TND_CT_REPLY || p->ct_state == TND_CT_RELATED || p->no_l4)
@@ -112,47 +173,26 @@ static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pk
 	if (!p->remote_id)      /* already known when the packet came through the overlay (overlay.h) */
 		p->remote_id = tnd_peer_identity(p, !egress);
 
-	k.prefixlen = TND_POLICY_FULL_PREFIX;
-	k.identity = p->remote_id;
-	k.egress = egress;
-	k.proto = p->tuple.proto;
-	k.dport = 0;
-	if (k.proto == IPPROTO_TCP || k.proto == IPPROTO_UDP || k.proto == IPPROTO_SCTP)
-		k.dport = bpf_htons(p->tuple.dport);
-	else if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6)
-		k.dport = bpf_htons(p->icmp_type);   /* 0 for ICMP in the other IP version (opaque) */
-	id_v = bpf_map_lookup_elem(pm, &k);
-	any_v = NULL;
-	if (!id_v || !(id_v->flags & TND_POLICY_DENY)) {   /* a deny by identity needs no second look */
-		k.identity = 0;
-		any_v = bpf_map_lookup_elem(pm, &k);
-	}
-
-	if (id_v && (id_v->flags & TND_POLICY_DENY)) {
-		reason = TND_DROP_POLICY_DENY;
-		match = id_v->match_type;
-	} else if (any_v && (any_v->flags & TND_POLICY_DENY)) {
-		reason = TND_DROP_POLICY_DENY;
-		match = any_v->match_type;
-	} else if (id_v || any_v) {
-		v = id_v;
-		if (!v || (any_v && tnd_match_l4_rank(any_v->match_type) > tnd_match_l4_rank(v->match_type)))
-			v = any_v;
-		if (v)
-			match = v->match_type;
-	} else {
-		reason = TND_DROP_POLICY_DENIED;
-	}
-
+	tnd_policy_decide(pm, p->remote_id, egress, p->tuple.proto, tnd_policy_dport(p), &d);
+	reason = d.reason;
 	if (reason) {
 		ev_flags |= TND_EVF_POLICY_DENY;
 		if (settings_flags & TND_SETTINGS_POLICY_AUDIT) {
 			ev_flags |= TND_EVF_POLICY_AUDIT;
 			reason = 0;
 		}
+	} else if (p->tuple.proto == IPPROTO_TCP) {
+		p->proxy_port = d.proxy_port;
+		/* Ingress that an L7 rule covers but that did not come through the proxy (proxy.h says
+		 * how it could get here): drop, never bypass the rule. */
+		if (d.proxy_port && !egress &&
+		    (skb->mark & TND_MARK_MAGIC_MASK) != TND_MARK_MAGIC_FROM_PROXY) {
+			reason = TND_DROP_POLICY_DENIED;
+			ev_flags |= TND_EVF_POLICY_DENY;
+		}
 	}
 	if (p->ct_state == TND_CT_NEW)
-		tnd_emit(skb, p, TND_EVENT_POLICY_VERDICT, match, ev_flags);
+		tnd_emit(skb, p, TND_EVENT_POLICY_VERDICT, d.match, ev_flags);
 	return reason;
 }
 

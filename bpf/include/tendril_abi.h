@@ -46,6 +46,8 @@
 #define TND_DROP_INVALID_IPV6_EXTHDR     156
 #define TND_DROP_POLICY_DENY             181  /* "Policy denied by denylist": a deny rule matched */
 #define TND_DROP_NO_SERVICE_BACKEND      158  /* "Service backend not found" */
+#define TND_DROP_SOCKET_LOOKUP_FAILED    178  /* "Socket lookup failed": L7 redirect, no proxy listening */
+#define TND_DROP_SOCKET_ASSIGN_FAILED    179  /* "Socket assign failed": L7 redirect, bpf_sk_assign failed */
 
 /* ---- security identities (Cilium numbering) ---- */
 #define TND_ID_UNKNOWN         0
@@ -221,6 +223,9 @@ struct tnd_ipcache_value {
 	__u32 identity;
 	__be32 tunnel_endpoint;  /* IPv4 underlay address of the node hosting this IP (network order);
 	                          * 0 = local, or not reached through the overlay */
+	__u16 ep_id;             /* endpoint ID when the IP is a pod of this node, else 0: the L7
+	                          * redirect reads the destination's ingress policy (proxy.h) */
+	__u16 pad;
 };
 
 /*
@@ -250,6 +255,18 @@ struct tnd_ipcache_value {
 #define TND_MARK_IDENTITY_SHIFT   8
 
 /*
+ * ---- L7 proxy (bpf/include/proxy.h) ----
+ * A packet the policy redirects to the node's transparent proxy is assigned to the proxy's socket
+ * (bpf_sk_assign) and marked TND_MARK_MAGIC_TO_PROXY (low byte); the agent routes marked packets to
+ * the local stack (`ip rule fwmark 0xe6/0xff lookup TND_PROXY_ROUTE_TABLE`, table with
+ * `local default dev lo`). The proxy marks its own sockets TND_MARK_MAGIC_FROM_PROXY (SO_MARK), so
+ * tnd_to_container reports what it sends at TND_TRACE_FROM_PROXY.
+ */
+#define TND_MARK_MAGIC_TO_PROXY   0xE6
+#define TND_MARK_MAGIC_FROM_PROXY 0xE7
+#define TND_PROXY_ROUTE_TABLE     2004
+
+/*
  * Policy: tnd_policy is an ARRAY_OF_MAPS indexed by endpoint ID; each inner map is an LPM trie of
  * tnd_policy_key -> tnd_policy_value for that endpoint. The agent builds a complete new inner map
  * and swaps it in with one update, so no packet ever sees half a policy. Lookups happen twice per
@@ -276,7 +293,7 @@ struct tnd_policy_key {
 struct tnd_policy_value {
 	__u8  flags;        /* TND_POLICY_* */
 	__u8  match_type;   /* TND_MATCH_* reported in policy verdict events */
-	__be16 proxy_port;  /* L7 redirect (later); 0 = none */
+	__be16 proxy_port;  /* L7 redirect: the node proxy's port (network order); 0 = none */
 	__u32 rule_ref;     /* agent's id of the rule that produced it (for `bpf policy get`) */
 };
 #define TND_POLICY_DENY  (1 << 0)

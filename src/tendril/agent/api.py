@@ -41,6 +41,9 @@ def build_app(agent: Agent) -> Starlette:
     async def status(request: Request) -> Response:
         return JSONResponse(agent.status())
 
+    async def proxy(request: Request) -> Response:
+        return JSONResponse(agent.proxy_status())
+
     async def endpoints(request: Request) -> Response:
         return JSONResponse(agent.endpoint_list())
 
@@ -175,6 +178,7 @@ def build_app(agent: Agent) -> Starlette:
         Route("/v1/bpf/policy/{ep:int}", bpf_policy),
         Route("/v1/healthz", healthz),
         Route("/v1/status", status),
+        Route("/v1/proxy", proxy),
         Route("/v1/endpoints", endpoints),
         Route("/v1/endpoints/{ns}/{name}", endpoint_put, methods=["PUT"]),
         Route("/v1/endpoints/{ns}/{name}", endpoint_delete, methods=["DELETE"]),

@@ -42,6 +42,7 @@ class NodeConfig:
     hubble_export_file: str = ""
     hubble_export_file_max_size_mb: int = 10
     hubble_export_file_max_backups: int = 5
+    proxy_port: int = 15080  # the node's transparent L7 proxy (0 = none: HTTP rules not enforced)
 
     @property
     def router_v4(self) -> str:

@@ -92,10 +92,26 @@ class Agent:
         self.pump = EventPump(reader, self.ring, node_id, self.endpoints)
         self.pump.sinks.append(lambda rows: self._poll_kernel_lost())
         self._kernel_lost_seen = self.datapath.lost_events()  # losses before this agent are history
+        self._setup_proxy(node_id)
         from tendril.agent.observability import Observability
 
         self.observability = Observability(self)
         self.observability.attach()
+
+    def _setup_proxy(self, node_id: int) -> None:
+        """The L7 proxy (src/tendril/proxy): policy routing now, listeners once the loop runs."""
+        self.proxy = None
+        if not self.config.proxy_port:
+            return
+        from tendril.proxy.decide import ProxyPolicy
+        from tendril.proxy.flows import L7FlowWriter
+        from tendril.proxy.http import HTTPProxy
+        from tendril.proxy.redirect import ensure_policy_routing
+
+        ensure_policy_routing()
+        self.tables.proxy_port = self.config.proxy_port
+        flows = L7FlowWriter(self.tables, node_id, self.pump.publish)
+        self.proxy = HTTPProxy(self.config.proxy_port, ProxyPolicy(self, self.config.proxy_port), flows)
 
     def _setup_routing(self) -> None:
         """VXLAN mode: the overlay device and its decapsulation program (native mode needs only the
@@ -110,6 +126,8 @@ class Agent:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.pump.start(loop)
+        if self.proxy is not None:
+            await self.proxy.start()
         self.cluster.attach_loop(loop)
         gc_task = loop.create_task(self._gc_loop())
         publish_task = loop.create_task(self._publish_loop())
@@ -245,6 +263,23 @@ class Agent:
                 "export_file": self.config.hubble_export_file,
             },
         }
+
+    def proxy_status(self) -> dict[str, Any]:
+        """The L7 proxy: port, counters, and how many policy entries redirect to it."""
+        if self.proxy is None:
+            return {"port": 0, "connections": 0, "refused": 0, "requests": {}, "redirects": 0}
+        st = self.proxy.stats
+        return {
+            "port": self.proxy.port,
+            "connections": st.connections,
+            "refused": st.refused,
+            "requests": dict(st.requests),
+            "redirects": self.proxy_redirects(),
+        }
+
+    def proxy_redirects(self) -> int:
+        """Policy-map entries that redirect to the proxy, over this node's endpoints."""
+        return sum(1 for pol in self.policy.resolved.values() for e in pol.entries if e.proxy_port)
 
     def monitor_hello(self) -> dict[str, Any]:
         return {"cpus": os.cpu_count(), "ring_bytes": self.config.ring_bytes, "node": self.config.name}
@@ -416,6 +451,13 @@ class Agent:
             "hubble_flows_stored": len(self.ring),
             "monitor_events_read_total": self.pump.events_read,
             "lost_events_total": [({"source": s}, n) for s, n in sorted(self.lost_events.items())],
+            # Cilium's cilium_proxy_redirects{protocol}: active redirects (policy entries to the proxy)
+            "proxy_redirects": [({"protocol": "http"}, self.proxy_redirects())],
+            "proxy_connections_total": self.proxy.stats.connections if self.proxy else 0,
+            "proxy_requests_total": [
+                ({"verdict": v}, n)
+                for v, n in sorted((self.proxy.stats.requests if self.proxy else {}).items())
+            ],
         }
 
     def _identity_counts(self) -> list[tuple[dict[str, str], int]]:

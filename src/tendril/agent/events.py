@@ -73,6 +73,15 @@ class EventPump:
             await asyncio.sleep(0.1)
             self.drain()
 
+    def publish(self, rows: np.ndarray) -> None:
+        """Rows into the store and to every consumer (datapath events, and the L7 proxy's flows)."""
+        self.ring.append(rows)
+        for sink in self.sinks:
+            try:
+                sink(rows)
+            except Exception:  # a consumer's bug must not stop the pipeline
+                log.exception("flow sink %r failed", sink)
+
     def drain(self) -> int:
         total = 0
         while True:
@@ -86,12 +95,7 @@ class EventPump:
                 log.exception("parsing %d events failed; they are counted as lost", len(records))
                 self.parse_errors += len(records)
                 continue
-            self.ring.append(rows)
-            for sink in self.sinks:
-                try:
-                    sink(rows)
-                except Exception:  # a consumer's bug must not stop the pipeline
-                    log.exception("flow sink %r failed", sink)
+            self.publish(rows)
             if len(records) < self.batch:
                 break  # the ring was drained; what trickles in meanwhile waits for the next wake-up
         self.events_read += total

@@ -82,7 +82,7 @@ class PolicyEngine:
             IdentityAllocator.from_dict(state.identities) if state.identities else IdentityAllocator()
         )
         self.repo = PolicyRepository.from_dict(state.policies) if state.policies else PolicyRepository()
-        self.resolver = PolicyResolver(peer_named_ports=self._peer_named_ports)
+        self.resolver = PolicyResolver(peer_named_ports=self._peer_named_ports, proxy_port=config.proxy_port)
         self.ipcache = IpcacheMirror()
         self.cidr_prefixes: set[str] = set(state.identities.get("tendril_cidr_prefixes", []))
         self.resolved: dict[int, EndpointPolicy] = {}
@@ -95,6 +95,7 @@ class PolicyEngine:
         keys, _ = self._ipcache_map.to_arrays()
         self._written_ipcache = {_key_prefix(k) for k in keys}
         self._written_tunnels: dict[str, str] = {}  # unknown after a restart: rewritten once
+        self._written_local: dict[str, int] = {}  # prefix -> ep_id written (unknown after a restart)
         # Remote pods and nodes (prefix -> (identity, tunnel endpoint)), from the cluster state.
         self.remote_ipcache: Callable[[], dict[str, tuple[int, str]]] = dict
         self.remote_named_ports: Callable[[int], dict[str, list[tuple[int, int]]]] = lambda ident: {}
@@ -169,11 +170,12 @@ class PolicyEngine:
         inner = create_policy_map(name=f"tnd_pol_{ep_id}")
         try:
             typed = TypedMap(inner, abi.POLICY_KEY_DTYPE, abi.POLICY_VALUE_DTYPE)
-            for prefixlen, identity, egress, proto, port, flags, match, ref in pol.map_items():
+            for prefixlen, identity, egress, proto, port, flags, match, ref, proxy_port in pol.map_items():
                 k = abi.policy_key(identity, bool(egress), proto, port, prefixlen=prefixlen)
                 v = abi.policy_value(
                     match,
                     deny=bool(flags & abi.PolicyFlags.DENY),
+                    proxy_port=proxy_port,
                     rule_ref=self.repo.rule_ref_id(ref) if ref else 0,
                 )
                 typed.update(k, v)
@@ -196,23 +198,29 @@ class PolicyEngine:
         for ip in (self.config.router_v4, self.config.router_v6, self.config.underlay_ip):
             if ip:
                 desired[_prefix(ip)] = host
+        local: dict[str, int] = {}  # prefix -> endpoint ID of a pod on this node (L7 redirect)
         for ep in endpoints:
             for ip in (ep.ipv4, ep.ipv6):
                 desired[_prefix(ip)] = ep.identity
                 tunnels.pop(_prefix(ip), None)
+                if ep.id < abi.POLICY_ENDPOINTS:
+                    local[_prefix(ip)] = ep.id
         for prefix, ident in desired.items():
             tunnel = tunnels.get(prefix, "")
+            ep_id = local.get(prefix, 0)
             if (
                 self.ipcache.entries.get(prefix) != ident
                 or prefix not in self._written_ipcache
                 or self._written_tunnels.get(prefix, "") != tunnel
+                or self._written_local.get(prefix, 0) != ep_id
             ):
-                value = abi.ipcache_value(ident, tunnel) if tunnel else abi.ipcache_value(ident)
+                value = abi.ipcache_value(ident, tunnel or "", ep_id)
                 self._ipcache_map.update(abi.ipcache_key(prefix), value)
         for prefix in self._written_ipcache - set(desired):
             self._ipcache_map.delete(abi.ipcache_key(prefix))
         self._written_ipcache = set(desired)
         self._written_tunnels = tunnels
+        self._written_local = local
         self.ipcache.replace(desired)
 
     def forget_endpoint(self, ep: EndpointRecord) -> None:

@@ -73,6 +73,8 @@ class DropReason(IntEnum):
     CT_MAP_INSERTION_FAILED = 155
     INVALID_IPV6_EXTHDR = 156
     NO_SERVICE_BACKEND = 158  # "Service backend not found"
+    SOCKET_LOOKUP_FAILED = 178  # L7 redirect: no proxy listener in the node
+    SOCKET_ASSIGN_FAILED = 179  # L7 redirect: bpf_sk_assign refused the proxy's socket
     POLICY_DENY = 181  # "Policy denied by denylist": a deny rule matched
 
 
@@ -248,6 +250,11 @@ OVERLAY_MAC_ADDR = ":".join(f"{(OVERLAY_MAC >> (8 * i)) & 0xFF:02x}" for i in ra
 MARK_MAGIC_MASK = 0xFF
 MARK_MAGIC_IDENTITY = 0xE5
 MARK_IDENTITY_SHIFT = 8
+# L7 proxy (bpf/include/proxy.h): redirected packets carry MARK_MAGIC_TO_PROXY (routed locally by
+# `ip rule fwmark 0xe6/0xff lookup PROXY_ROUTE_TABLE`), the proxy's sockets MARK_MAGIC_FROM_PROXY.
+MARK_MAGIC_TO_PROXY = 0xE6
+MARK_MAGIC_FROM_PROXY = 0xE7
+PROXY_ROUTE_TABLE = 2004
 
 
 def overlay_mark(identity: int) -> int:
@@ -368,8 +375,10 @@ IPCACHE_VALUE_DTYPE = _struct(
         # IPv4 underlay address of the node hosting the IP (network order: int(IPv4Address) reads
         # and writes it); 0 = local or not reached through the overlay
         ("tunnel_endpoint", ">u4"),
+        ("ep_id", "<u2"),  # endpoint ID of a pod on this node, else 0 (the L7 redirect reads it)
+        ("pad", "<u2"),
     ],
-    8,
+    12,
 )
 
 POLICY_KEY_DTYPE = _struct(
@@ -590,11 +599,14 @@ def ipcache_key(ip_or_cidr: str) -> np.void:
     return k[()]
 
 
-def ipcache_value(identity: int, tunnel_endpoint: str | ipaddress.IPv4Address | None = "") -> np.void:
+def ipcache_value(
+    identity: int, tunnel_endpoint: str | ipaddress.IPv4Address | None = "", ep_id: int = 0
+) -> np.void:
     """A tnd_ipcache value: the identity and, for an IP on another node reached through the overlay,
-    that node's IPv4 underlay address ("" / None = local or not tunnelled)."""
+    that node's IPv4 underlay address ("" / None = local or not tunnelled); `ep_id` for a local pod."""
     v = np.zeros((), IPCACHE_VALUE_DTYPE)
     v["identity"] = identity
+    v["ep_id"] = ep_id
     v["tunnel_endpoint"] = int(ipaddress.IPv4Address(tunnel_endpoint)) if tunnel_endpoint else 0
     return v[()]
 

@@ -139,8 +139,16 @@ def _set_l4(f: flow_pb2.Flow, r: dict) -> None:
         f.l4.IGMP.SetInParent()
 
 
+def l7_summary(l7: flow_pb2.Layer7) -> str:
+    """Hubble's Summary of an HTTP record (pkg/hubble/parser/seven/http.go)."""
+    h = l7.http
+    if l7.type == flow_pb2.RESPONSE:
+        return f"{h.protocol} {h.code} {l7.latency_ns // 1_000_000}ms ({h.method} {h.url})"
+    return f"{h.protocol} {h.method} {h.url}"
+
+
 def _l7_record(tables: Tables, l7_id: int) -> flow_pb2.Layer7 | None:
-    """The L7 record of a row, once the L7 issue adds `tables.l7` (see filters/l7.py)."""
+    """The L7 record of a row (`tables.l7`, see record.L7Records and filters/l7.py)."""
     interner = getattr(tables, "l7", None)
     if not l7_id or interner is None:
         return None
@@ -235,6 +243,11 @@ def _build(
     l7 = _l7_record(tables, r["l7"])
     if l7 is not None:
         f.l7.CopyFrom(l7)
+        if l7.HasField("http"):
+            f.Summary = l7_summary(l7)
+            return f
+    if event_type == EVENT_TRACE and point == flow_pb2.TO_PROXY and tables.proxy_port:
+        f.proxy_port = tables.proxy_port
     if event_type == EVENT_TRACE_SOCK:
         f.sock_xlate_point = point  # Hubble leaves Summary empty for socket translations
         if f.l4.HasField("TCP"):

@@ -124,12 +124,44 @@ class Interner:
         return list(enumerate(self._values))
 
 
+class L7Records:
+    """L7 records (flow_pb2.Layer7) by ever-increasing id, 0 = none: the row's `l7` column.
+
+    Unlike the interners, every record is distinct (latency, URL), so only the newest `capacity`
+    are kept: the flow ring overwrites its rows at the same pace (one record per L7 row), so a row
+    still in a ring of at most `capacity` rows always finds its record. An evicted id reads as None.
+    Ids are never reused, so per-id answers cached by filters (InternedLookup) stay right.
+    """
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.capacity = capacity
+        self._items: dict[int, object] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def add(self, record: object) -> int:
+        with self._lock:
+            i = self._next
+            self._next += 1
+            self._items[i] = record
+            self._items.pop(i - self.capacity, None)
+            return i
+
+    def value(self, i: int) -> object | None:
+        return self._items.get(int(i)) if i else None
+
+    def __len__(self) -> int:
+        return self._next
+
+
 class Tables:
     """The interning tables a store's rows refer to."""
 
-    def __init__(self) -> None:
+    def __init__(self, l7_capacity: int = 1 << 16) -> None:
         self.strings = Interner("")
         self.endpoints = Interner(EndpointMeta())
+        self.l7 = L7Records(l7_capacity)
+        self.proxy_port = 0  # the node's L7 proxy port, reported on to-proxy flows (0 = none)
 
     def string(self, i: int) -> str:
         return self.strings.value(int(i))  # type: ignore[return-value]

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 from tendril.identity.reserved import ENFORCED_MARKER
 from tendril.policy.constants import POLICY_DENY, PREFIX_BASE, PREFIX_FULL, PREFIX_PROTO, MatchType
+from tendril.policy.l7 import L7Rules
 
 #: (identity, egress, proto, first port, port prefix bits)
 Key = tuple[int, bool, int, int, int]
-#: (prefixlen, identity, egress, proto, dport, flags, match_type, rule_ref): one tnd_policy_key/value
-MapItem = tuple[int, int, int, int, int, int, int, str]
+#: (prefixlen, identity, egress, proto, dport, flags, match_type, rule_ref, proxy_port): one key/value
+MapItem = tuple[int, int, int, int, int, int, int, str, int]
 
 
 def match_type(identity: int, proto: int, port_bits: int) -> MatchType:
@@ -46,6 +47,10 @@ class PolicyEntry:
     deny: bool
     match_type: int
     rule_ref: str
+    #: L7 rules the proxy enforces on this key (any of them allows a request); () = none
+    l7: tuple[L7Rules, ...] = ()
+    #: the node proxy's port when `l7` is set (the datapath redirects), else 0
+    proxy_port: int = 0
 
     @property
     def port_bits(self) -> int:
@@ -99,13 +104,41 @@ class EndpointPolicy:
     def map_items(self) -> list[MapItem]:
         """Everything to write into the endpoint's inner map, enforcement markers included."""
         items = [
-            (e.prefixlen, e.identity, int(e.egress), e.proto, e.port_lo, e.flags, e.match_type, e.rule_ref)
+            (
+                e.prefixlen,
+                e.identity,
+                int(e.egress),
+                e.proto,
+                e.port_lo,
+                e.flags,
+                e.match_type,
+                e.rule_ref,
+                e.proxy_port,
+            )
             for e in self.entries
         ]
         for egress, enforced in ((0, self.ingress_enforced), (1, self.egress_enforced)):
             if enforced:
-                items.append((PREFIX_FULL, ENFORCED_MARKER, egress, 0, 0, 0, int(MatchType.NONE), ""))
+                items.append((PREFIX_FULL, ENFORCED_MARKER, egress, 0, 0, 0, int(MatchType.NONE), "", 0))
         return items
+
+    def l7_rules(self, peer: int, egress: bool, proto: int, dport: int) -> tuple[L7Rules, ...] | None:
+        """The L7 rules the proxy applies to a connection the datapath redirected for this
+        endpoint, chosen exactly as `lookup` (and policy.h) choose the deciding entry; None when
+        that entry does not redirect (or the direction is not enforced, or it denies)."""
+        enforced = self.egress_enforced if egress else self.ingress_enforced
+        if not enforced:
+            return None
+        by_id = self._longest(peer, egress, proto, dport)
+        by_any = self._longest(0, egress, proto, dport)
+        if any(h is not None and h.deny for h in (by_id, by_any)):
+            return None
+        best = by_id
+        if best is None or (by_any is not None and _l4_rank(by_any) > _l4_rank(best)):
+            best = by_any
+        if best is None or not best.proxy_port:
+            return None
+        return best.l7
 
     def _longest(self, identity: int, egress: bool, proto: int, dport: int) -> PolicyEntry | None:
         if not self._index:
@@ -144,18 +177,32 @@ def _l4_rank(e: PolicyEntry) -> int:
 
 
 class KeyTable:
-    """Collects (key -> deny?, rule) from many rules: deny beats allow, else the first rule wins."""
+    """Collects (key -> deny?, rule) from many rules: deny beats allow, else the first rule wins.
+
+    Allows also collect L7 rules per key: several L7 rules on one key are ORed (any of them allows
+    a request), and a plain L3/L4 allow of the same key wins over them (no redirect), as an L4 rule
+    "wildcards" L7 in Cilium.
+    """
 
     def __init__(self) -> None:
         self.keys: dict[Key, tuple[bool, str]] = {}
+        self.l7: dict[Key, list[L7Rules]] = {}
+        self.plain: set[Key] = set()
 
     def add(self, key: Key, deny: bool, ref: str) -> None:
         old = self.keys.get(key)
         if old is None or (deny and not old[0]):
             self.keys[key] = (deny, ref)
 
-    def add_many(self, keys: Iterable[Key], deny: bool, ref: str) -> None:
+    def add_many(self, keys: Iterable[Key], deny: bool, ref: str, l7: L7Rules | None = None) -> None:
         table = self.keys
+        if not deny:
+            keys = list(keys)
+            if l7 is None:
+                self.plain.update(keys)
+            else:
+                for k in keys:
+                    self.l7.setdefault(k, []).append(l7)
         if deny:
             for k in keys:
                 old = table.get(k)
@@ -181,11 +228,12 @@ def _shadowed(key: Key, denies: set[Key]) -> bool:
 
 
 def build_entries(
-    table: KeyTable, memo: dict[tuple[Key, bool, str], PolicyEntry] | None = None
+    table: KeyTable, memo: dict[tuple, PolicyEntry] | None = None, proxy_port: int = 0
 ) -> list[PolicyEntry]:
     """Final entries sorted by key, allows under a broader deny of the same identity dropped.
 
     `memo` lets a caller share entry objects between endpoints (most entries recur across them).
+    Allows that carry L7 rules get `proxy_port` (0 = no proxy: L7 rules are then not enforced).
     """
     denies = {k for k, (deny, _) in table.keys.items() if deny}
     deny_peers = {(k[0], k[1]) for k in denies}
@@ -195,11 +243,17 @@ def build_entries(
         deny, ref = table.keys[key]
         if not deny and (key[0], key[1]) in deny_peers and _shadowed(key, denies):
             continue
-        entry = memo.get((key, deny, ref))
+        l7: tuple[L7Rules, ...] = ()
+        if not deny and proxy_port and key not in table.plain and key in table.l7:
+            l7 = tuple(table.l7[key])
+        entry = memo.get((key, deny, ref, l7))
         if entry is None:
             ident, egress, proto, port, bits = key
             hi = port + (1 << (16 - bits)) - 1 if bits else port
             mt = int(match_type(ident, proto, bits))
-            entry = memo[(key, deny, ref)] = PolicyEntry(egress, ident, proto, port, hi, deny, mt, ref)
+            pp = proxy_port if l7 else 0
+            entry = memo[(key, deny, ref, l7)] = PolicyEntry(
+                egress, ident, proto, port, hi, deny, mt, ref, l7, pp
+            )
         out.append(entry)
     return out

@@ -103,6 +103,7 @@ class PolicyResolver:
         enforcement: Enforcement = "default",
         max_entries: int = POLICY_MAX_ENTRIES,
         peer_named_ports: PeerNamedPorts | None = None,
+        proxy_port: int = 0,
     ) -> None:
         self.cache = SelectorCache()
         self.cluster_name = cluster_name
@@ -110,10 +111,11 @@ class PolicyResolver:
         self.enforcement = enforcement
         self.max_entries = max_entries
         self.peer_named_ports = peer_named_ports or _no_named_ports
+        self.proxy_port = proxy_port  # the node's L7 proxy; 0 = none (HTTP rules not enforced)
         self._cidr_ids: list[tuple[int, IPNetwork]] = []
         self._peer_ids: weakref.WeakKeyDictionary[PeerRule, frozenset[int]] = weakref.WeakKeyDictionary()
         self._keys: weakref.WeakKeyDictionary[PeerRule, tuple[Key, ...]] = weakref.WeakKeyDictionary()
-        self._entries: dict[tuple[Key, bool, str], PolicyEntry] = {}  # shared entry objects
+        self._entries: dict[tuple, PolicyEntry] = {}  # shared entry objects
         if identities:
             self.set_identities(identities)
 
@@ -264,13 +266,13 @@ class PolicyResolver:
             for pr in rule.peer_rules:
                 if not pr.deny and not (egress if pr.egress else ingress):
                     continue
-                table.add_many(self._static_keys(pr), pr.deny, pr.ref)
+                table.add_many(self._static_keys(pr), pr.deny, pr.ref, pr.l7_rules)
                 named = self._named_keys(pr, ep)
                 if named:
-                    table.add_many(named, pr.deny, pr.ref)
+                    table.add_many(named, pr.deny, pr.ref, pr.l7_rules)
         if self.allow_localhost and ingress and ep.identity != HOST:
             table.add((HOST, False, 0, 0, 0), False, "allow-localhost")
-        entries = tuple(build_entries(table, self._entries))
+        entries = tuple(build_entries(table, self._entries, self.proxy_port))
         return EndpointPolicy(ep.endpoint_id, ep.identity, ingress, egress, entries, tuple(notices))
 
 

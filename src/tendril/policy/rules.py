@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from tendril.policy.l7 import L7Rules
 from tendril.policy.selector import Selector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,6 +81,8 @@ class PeerRule:
     ports: tuple[PortSpec, ...] | None
     ref: str
     l7: bool = False
+    #: HTTP rules the proxy enforces on these ports (None: plain L3/L4 allow, or L7 not enforced)
+    l7_rules: L7Rules | None = None
 
 
 @dataclass(frozen=True, eq=False)

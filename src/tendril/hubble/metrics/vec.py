@@ -46,6 +46,13 @@ class Vec:
                 child = children[labels] = self.metric.labels(*labels)
             child.inc(count)
 
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        """One histogram observation (L7 latencies: one per response, few compared with packets)."""
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = self.metric.labels(*labels)
+        child.observe(value)
+
     def remove_matching(self, match: dict[str, str]) -> int:
         """Remove every tracked series whose labels include all of `match`; returns how many."""
         if not self.track or any(k not in self.labelnames for k in match):

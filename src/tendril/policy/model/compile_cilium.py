@@ -30,6 +30,7 @@ from tendril.policy.cidr import check_except, parse_cidr
 from tendril.policy.constants import PORT_PROTOCOLS, Proto
 from tendril.policy.entities import ENTITIES
 from tendril.policy.errors import invalid, missing
+from tendril.policy.l7 import compile_http_rules
 from tendril.policy.model import cilium as m
 from tendril.policy.model.common import EndpointSelector
 from tendril.policy.ports import CILIUM_PROTOCOLS, check_end_port, icmp_type, parse_port
@@ -151,7 +152,7 @@ def _rule(ctx: _Ctx, rule: m.Rule, path: str) -> Rule:
         ("egressDeny", True, True),
     ):
         for i, r in enumerate(getattr(rule, section) or []):
-            peer_rules.append(_peer_rule(ctx, r, f"{path}.{section}[{i}]", egress, deny, host, matches_init))
+            peer_rules.extend(_peer_rules(ctx, r, f"{path}.{section}[{i}]", egress, deny, host, matches_init))
     return Rule(
         subject=subject,
         host=host,
@@ -162,9 +163,11 @@ def _rule(ctx: _Ctx, rule: m.Rule, path: str) -> Rule:
     )
 
 
-def _peer_rule(
+def _peer_rules(
     ctx: _Ctx, r: m.Strict, path: str, egress: bool, deny: bool, host: bool, matches_init: bool
-) -> PeerRule:
+) -> list[PeerRule]:
+    """One PeerRule, or one per `toPorts[]` item when any carries HTTP rules (each item's rules
+    apply to its own ports only)."""
     pfx = "to" if egress else "from"
     if getattr(r, f"{pfx}Requires"):
         raise invalid(
@@ -196,8 +199,26 @@ def _peer_rule(
         peers = _peers(ctx, r, path, present[0], deny, matches_init)
     else:
         peers = (AllPeers(),) if (to_ports or icmps) else ()
+    ref = f"{ctx.ref_prefix}:{path}"
+    if not deny and any(_http_of(pr) is not None for pr in to_ports):
+        out = []
+        for i, pr in enumerate(to_ports):
+            ports, l7 = _ports(ctx, [pr], [], path, egress, deny, host, first=i)
+            http = _http_of(pr)
+            l7_rules = (
+                compile_http_rules(http, f"{path}.toPorts[{i}].rules.http", f"{ref}.toPorts[{i}]")
+                if http is not None
+                else None
+            )
+            out.append(PeerRule(egress, deny, peers, ports, f"{ref}.toPorts[{i}]", l7, l7_rules))
+        return out
     ports, l7 = _ports(ctx, to_ports, icmps, path, egress, deny, host)
-    return PeerRule(egress=egress, deny=deny, peers=peers, ports=ports, ref=f"{ctx.ref_prefix}:{path}", l7=l7)
+    return [PeerRule(egress=egress, deny=deny, peers=peers, ports=ports, ref=ref, l7=l7)]
+
+
+def _http_of(pr: m.PortRule | m.PortDenyRule) -> list[m.HTTPRule] | None:
+    rules = getattr(pr, "rules", None)
+    return rules.http if rules is not None else None
 
 
 def _peers(ctx: _Ctx, r: m.Strict, path: str, name: str, deny: bool, matches_init: bool) -> tuple[Peer, ...]:
@@ -266,12 +287,13 @@ def _ports(
     egress: bool,
     deny: bool,
     host: bool,
+    first: int = 0,
 ) -> tuple[tuple[PortSpec, ...] | None, bool]:
     if not to_ports and not icmps:
         return None, False
     specs: list[PortSpec] = []
     l7 = False
-    for i, pr in enumerate(to_ports):
+    for i, pr in enumerate(to_ports, start=first):
         ppath = f"{path}.toPorts[{i}]"
         if not pr.ports:
             raise invalid(f"{ppath}.ports", "must list at least one port")
@@ -338,7 +360,9 @@ def _l7_check(ctx: _Ctx, pr: m.PortRule, ppath: str, egress: bool, host: bool) -
                     f"{ppath}.ports[{j}].protocol",
                     f"L7 rules apply to TCP only (not {pp.protocol or 'ANY'}), except DNS rules",
                 )
-    what = ", ".join(kinds + tls)
-    where = f"{ppath}.rules" if kinds else f"{ppath}.{tls[0]}"
-    ctx.note(where, f"L7 rule not yet enforced ({what}): only its L3/L4 part is enforced")
+    pending = [k for k in kinds if k != "HTTP"] + tls
+    if pending:
+        what = ", ".join(pending)
+        where = f"{ppath}.rules" if [k for k in kinds if k != "HTTP"] else f"{ppath}.{tls[0]}"
+        ctx.note(where, f"L7 rule not yet enforced ({what}): only its L3/L4 part is enforced")
     return True

@@ -1,14 +1,62 @@
-"""dns, http, httpV2, kafka: L7 metrics, registered now and counting once L7 flows exist.
+"""dns, http, httpV2, kafka: L7 metrics. http and httpV2 count the L7 proxy's HTTP flows.
 
-The flow record's `l7` column is 0 for every flow until the proxy issue adds L7 records, so these
-plugins accept Hubble's options and expose their metric families (empty) without counting; a
-dashboard wired to them keeps working when L7 lands. Label sets follow Hubble's handlers:
-context labels first, then the plugin's own.
+Label sets follow Hubble's handlers (pkg/hubble/metrics/http): context labels first, then the
+plugin's own. httpV2 counts responses only: hubble_http_requests_total{method,protocol,status,
+reporter} and hubble_http_request_duration_seconds{method,reporter} (latency_ns / 1e9), with the
+context taken from the response flow with source and destination inverted (so `source` is the
+client, as Hubble does). reporter is "client" for egress flows (the client's policy redirected),
+"server" for ingress, else "unknown". The deprecated http plugin counts requests on request flows
+and responses (+ duration) on response flows. dns and kafka stay empty until those parsers exist.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
+
+from tendril.hubble import record
+from tendril.hubble.api.flow import flow_pb2
+from tendril.hubble.metrics.batch import Batch
 from tendril.hubble.metrics.plugins.base import Plugin
+
+_SWAP = (
+    ("src_ep", "dst_ep"),
+    ("src_identity", "dst_identity"),
+    ("src_ip", "dst_ip"),
+    ("src_port", "dst_port"),
+    ("src_service", "dst_service"),
+)
+_REPORTER = {record.EGRESS: "client", record.INGRESS: "server"}
+
+
+def _http_rows(batch: Batch, kind: int) -> tuple[np.ndarray, list[flow_pb2.Layer7]]:
+    """The batch's rows whose L7 record is HTTP of this type (REQUEST/RESPONSE), with the records."""
+    rows = batch.rows
+    idx = np.flatnonzero((rows["l7"] != 0) & (rows["flow_type"] == record.L7))
+    if idx.size == 0:
+        return rows[:0], []
+    keep, recs = [], []
+    for i, l7_id in zip(idx.tolist(), rows["l7"][idx].tolist(), strict=True):
+        rec = batch.tables.l7.value(l7_id)
+        if isinstance(rec, flow_pb2.Layer7) and rec.type == kind and rec.HasField("http"):
+            keep.append(i)
+            recs.append(rec)
+    return rows[keep], recs
+
+
+def _inverted(rows: np.ndarray) -> np.ndarray:
+    out = rows.copy()
+    for a, b in _SWAP:
+        out[a], out[b] = rows[b], rows[a]
+    return out
+
+
+def _context_labels(plugin: Plugin, rows: np.ndarray, tables: record.Tables) -> list[tuple[str, ...]]:
+    sub = Batch(rows, tables)
+    cols = plugin.ctx_columns(sub)
+    values = sub.pool.values
+    return [tuple(values[c[i]] for c in cols) for i in range(len(rows))]
 
 
 class DnsPlugin(Plugin):
@@ -57,6 +105,19 @@ class HttpV2Plugin(Plugin):
             [*ctx, "method", "reporter"],
         )
 
+    def process(self, batch: Batch) -> None:
+        rows, recs = _http_rows(batch, flow_pb2.RESPONSE)
+        if not recs:
+            return
+        ctx = _context_labels(self, _inverted(rows), batch.tables)
+        counts: Counter[tuple[str, ...]] = Counter()
+        for labels, direction, rec in zip(ctx, rows["traffic_direction"].tolist(), recs, strict=True):
+            reporter = _REPORTER.get(direction, "unknown")
+            h = rec.http
+            counts[(*labels, h.method, h.protocol, str(h.code), reporter)] += 1
+            self.duration.observe((*labels, h.method, reporter), rec.latency_ns / 1e9)
+        self.requests.add(counts.items())
+
 
 class HttpPlugin(HttpV2Plugin):
     """The deprecated `http` plugin: requests{method,protocol,reporter} and responses{..., status}."""
@@ -79,6 +140,27 @@ class HttpPlugin(HttpV2Plugin):
             "Quantiles of HTTP request duration in seconds",
             [*ctx, "method", "reporter"],
         )
+
+    def process(self, batch: Batch) -> None:
+        rows, recs = _http_rows(batch, flow_pb2.REQUEST)
+        if recs:
+            ctx = _context_labels(self, rows, batch.tables)
+            counts: Counter[tuple[str, ...]] = Counter()
+            for labels, direction, rec in zip(ctx, rows["traffic_direction"].tolist(), recs, strict=True):
+                counts[
+                    (*labels, rec.http.method, rec.http.protocol, _REPORTER.get(direction, "unknown"))
+                ] += 1
+            self.requests.add(counts.items())
+        rows, recs = _http_rows(batch, flow_pb2.RESPONSE)
+        if recs:
+            ctx = _context_labels(self, _inverted(rows), batch.tables)
+            counts = Counter()
+            for labels, direction, rec in zip(ctx, rows["traffic_direction"].tolist(), recs, strict=True):
+                reporter = _REPORTER.get(direction, "unknown")
+                h = rec.http
+                counts[(*labels, h.method, h.protocol, str(h.code), reporter)] += 1
+                self.duration.observe((*labels, h.method, reporter), rec.latency_ns / 1e9)
+            self.responses.add(counts.items())
 
 
 class KafkaPlugin(Plugin):
