@@ -1,66 +1,74 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian 12 machine as root: set up, bring up the lab, deploy the demo app,
-# send traffic between pods, and print the flows the datapath saw.
+# The main job on a fresh Debian 12 machine as root: set up, bring up a 2-node lab (etcd, Hubble
+# Relay, Hubble UI), deploy a three-tier app with its policies, send traffic (allowed and denied),
+# run the connectivity test, and print where the relay and the UI listen.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh"
 cd "$here"
 export TENDRIL_LAB=${TENDRIL_LAB:-tendril}
+RELAY_PORT=${RELAY_PORT:-4245}
+UI_PORT=${UI_PORT:-12000}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "tendril lab up"
-tendril lab up
-step "tendril apply -f examples/demo.yaml"
-tendril apply -f examples/demo.yaml
-for _ in $(seq 1 50); do
-  ready=$(tendril get pods -n demo -o json | python3 -c 'import json,sys; p=json.load(sys.stdin)["items"]; print(sum(i["status"]["phase"]=="Running" for i in p), len(p))')
-  [ "${ready% *}" = "${ready#* }" ] && break
-  sleep 0.2
-done
-tendril get pods -n demo -o wide
+wait_running() {  # namespace: prints progress until every pod of it runs
+  local ns=$1 ready
+  for _ in $(seq 1 150); do
+    ready=$(tendril get pods -n "$ns" -o json | python3 -c 'import json,sys; p=json.load(sys.stdin)["items"]; print(sum(i["status"]["phase"]=="Running" for i in p), len(p))')
+    printf '\r⏳ pods running in %s: %s/%s ' "$ns" "${ready% *}" "${ready#* }"
+    [ "${ready% *}" = "${ready#* }" ] && [ "${ready% *}" != 0 ] && { echo; return 0; }
+    sleep 0.2
+  done
+  echo; echo "pods of $ns did not all start" >&2; return 1
+}
 
-step "traffic: client -> echo over HTTP (IPv4 and IPv6), UDP and ICMP"
-ips=$(tendril get pods -n demo -o json | python3 -c '
+pod_of() {  # namespace app-label: the first pod of that app
+  tendril get pods -n "$1" -o json | python3 -c "
 import json,sys
-for i in json.load(sys.stdin)["items"]:
-    if i["metadata"]["labels"].get("app") in ("echo", "udp-echo"):
-        print(i["metadata"]["labels"]["app"], *[x["ip"] for x in i["status"]["podIPs"]])')
-sleep 1  # let the echo servers bind
-while read -r app v4 v6; do
-  if [ "$app" = echo ]; then
-    tendril exec -n demo client -- tendril workload curl -s -w '%{local_ip}:%{local_port} -> %{remote_ip}:%{remote_port} = %{http_code}\n' "http://$v4:8080/"
-    tendril exec -n demo client -- tendril workload curl -s -w '%{local_ip}:%{local_port} -> [%{remote_ip}]:%{remote_port} = %{http_code}\n' "http://[$v6]:8080/"
-  else
-    tendril exec -n demo client -- python3 -c "
-import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
-s.sendto(b'hello', ('$v4', 9000)); print('udp echo from $v4:9000:', s.recvfrom(100)[0].decode())"
-    tendril exec -n demo client -- ping -c 2 -W 2 "$v4" | tail -n 2
-  fi
-done <<< "$ips"
+print(next(i['metadata']['name'] for i in json.load(sys.stdin)['items'] if i['metadata']['labels'].get('app') == '$2'))"
+}
 
-step "services and DNS: tendril apply -f examples/service.yaml, then curl http://echo/ from the client"
-tendril apply -f examples/service.yaml
-tendril get svc -n demo
-tendril exec -n demo client -- tendril workload curl -s -w 'echo.demo.svc.cluster.local -> %{remote_ip}:%{remote_port} = %{http_code}\n' http://echo/
-tendril service list
+try() {  # label command...: run a request, print its outcome without stopping the demo
+  local label=$1; shift
+  if out=$("$@" 2>&1); then printf '  ✅ %-34s %s\n' "$label" "$out"; else printf '  🚫 %-34s %s\n' "$label" "${out##*$'\n'}"; fi
+}
 
-step "policy: the intruder pod is not allowed to reach echo (CiliumNetworkPolicy echo-from-client)"
-echo_ip=$(awk '$1 == "echo" {print $2; exit}' <<< "$ips")
-tendril exec -n demo intruder -- tendril workload curl -s --connect-timeout 1 "http://$echo_ip:8080/" || true
-tendril observe -n demo --type drop --last 2
-tendril observe -n demo --type policy-verdict --last 4
+step "tendril lab up --nodes 2 (etcd, one agent per node, Hubble Relay :$RELAY_PORT, Hubble UI :$UI_PORT)"
+tendril lab up --nodes 2 --relay-port "$RELAY_PORT" --ui-port "$UI_PORT"
+step "tendril status --wait"
+tendril status --wait --wait-duration 120
 
-step "tendril hubble observe --last 30 (flows from the eBPF ring buffer, via the Hubble Observer API)"
-sleep 0.3
-tendril hubble observe --last 30
-step "tendril hubble status"
-tendril hubble status
-step "tendril endpoint list"
-tendril endpoint list
-step "tendril policy get"
-tendril policy get | tail -n 1
-step "tendril bpf metrics list"
-tendril bpf metrics list
-printf '\nThe lab stays up: try `tendril monitor`, `tendril bpf ct list global`, `tendril exec -n demo client -- ...`.\n'
-printf 'Remove it with `tendril lab down`.\n'
+step "tendril apply -f examples/shop.yaml (loadgen -> frontend -> api -> db, a policy per tier)"
+tendril apply -f examples/shop.yaml
+wait_running shop
+tendril get pods -n shop -o wide
+
+step "traffic through the tiers (by service name, resolved by the cluster DNS, across nodes)"
+frontend=$(pod_of shop frontend); api=$(pod_of shop api)
+curl_fmt='%{remote_ip}:%{remote_port} = %{http_code}'
+for _ in 1 2 3; do
+  try "loadgen -> frontend" tendril exec -n shop loadgen -- tendril workload curl -s -w "$curl_fmt" http://frontend/
+  try "frontend -> api" tendril exec -n shop "$frontend" -- tendril workload curl -s -w "$curl_fmt" http://api/
+  try "api -> db" tendril exec -n shop "$api" -- tendril workload curl -s -w "$curl_fmt" http://db:5432/
+done
+try "intruder -> api (policy: denied)" tendril exec -n shop intruder -- tendril workload curl -s --connect-timeout 1 -w "$curl_fmt" http://api/
+try "intruder -> db (policy: denied)" tendril exec -n shop intruder -- tendril workload curl -s --connect-timeout 1 -w "$curl_fmt" http://db:5432/
+
+step "tendril hubble observe --server localhost:$RELAY_PORT (both nodes, merged by Hubble Relay)"
+sleep 0.5
+tendril hubble observe --server "localhost:$RELAY_PORT" -n shop --last 8 --type drop
+tendril hubble observe --server "localhost:$RELAY_PORT" -n shop --last 12 --protocol tcp --to-port 5432
+tendril hubble list nodes --server "localhost:$RELAY_PORT"
+
+step "tendril connectivity test (offline: the lab's world namespace stands in for the internet)"
+tendril connectivity test
+
+step "done: the lab is up"
+cat <<EOF
+  Hubble Relay:  localhost:$RELAY_PORT      tendril hubble observe --server localhost:$RELAY_PORT -f
+  Hubble UI:     http://127.0.0.1:$UI_PORT/  (namespace "shop": the map shows loadgen -> frontend -> api -> db,
+                                             and the intruder's dropped edges)
+  Status:        tendril status
+  Clean up:      tendril lab down
+EOF

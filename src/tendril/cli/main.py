@@ -36,6 +36,7 @@ def cli() -> None:
 def _register() -> None:
     from tendril.cli import (
         agent_cmd,
+        connectivity_cmd,
         dbg_cmds,
         hubble_cmds,
         k8s_cmds,
@@ -68,6 +69,7 @@ def _register() -> None:
     cli.add_command(workload_cmds.workload)
     cli.add_command(policy_cmds.policy)
     cli.add_command(policy_cmds.identity)
+    cli.add_command(connectivity_cmd.connectivity)
 
 
 _register()

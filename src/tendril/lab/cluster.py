@@ -428,6 +428,6 @@ def lab_down(lab: str = "tendril", progress: Progress = lambda s: None) -> None:
         stop_etcd(etcd)
     shutil.rmtree(paths.labs_dir() / f"{lab}-etcd", ignore_errors=True)
     shutil.rmtree(paths.labs_dir() / f"{lab}-tls", ignore_errors=True)
-    for slug in ("relay", "ui"):
+    for slug in ("relay", "ui", "etcd"):
         (paths.labs_dir() / f"{lab}-{slug}.log").unlink(missing_ok=True)
     paths.lab_state_file(lab).unlink(missing_ok=True)

@@ -129,8 +129,12 @@ def parse_events(records: np.ndarray, node_id: int, resolver: Resolver, wall_off
     rows["src_port"] = records["sport"]
     rows["dst_port"] = records["dport"]
     rows["is_reply"] = np.where(is_trace, (flags & EVF_IS_REPLY) != 0, rec.REPLY_UNKNOWN)
-    # towards a pod: to-endpoint (0), and from-overlay (9), which leads to one on this node
-    ingress = np.where(is_trace, (sub == 0) | (sub == 9), (flags & EVF_INGRESS) != 0)
+    # Hubble's rule for traces: the direction of the connection, not of the packet. Packets towards
+    # a pod (to-endpoint 0, from-overlay 9, which leads to one here) are ingress unless they are
+    # replies; packets leaving a pod are egress unless they are replies.
+    towards_pod = (sub == 0) | (sub == 9)
+    reply = (flags & EVF_IS_REPLY) != 0
+    ingress = np.where(is_trace, towards_pod != reply, (flags & EVF_INGRESS) != 0)
     rows["traffic_direction"] = np.where(ingress, rec.INGRESS, rec.EGRESS)
     rows["ifname"] = _map_distinct(records["ifindex"], resolver.ifname_ids)
     src_ep = _map_distinct(src, resolver.endpoint_ids)
