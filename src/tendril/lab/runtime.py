@@ -80,10 +80,26 @@ def spawn(
         raise RuntimeErrorLab(f"cannot start {argv[0]!r} in {pod_netns}: {exc}") from exc
     finally:
         out.close()
+    _wait_in_cgroup(proc, procs_file)
     # Callers track (pid, start_time), not the Popen; if the Popen is dropped
     # while the child runs, subprocess reaps it later, and _reap() below
     # covers the case where we wait for it ourselves.
     return proc.pid
+
+
+def _wait_in_cgroup(proc: subprocess.Popen, procs_file: str, timeout: float = 5.0) -> None:
+    """Return once the new process has joined its cgroup (the shell does it right after the fork),
+    so callers can rely on it being there, e.g. to kill the pod as a unit."""
+    deadline = time.monotonic() + timeout
+    pid = str(proc.pid)
+    while time.monotonic() < deadline:
+        with open(procs_file) as f:
+            if pid in f.read().split():
+                return
+        if proc.poll() is not None:
+            return  # it already ran (or failed): nothing left to wait for
+        time.sleep(0.002)
+    raise RuntimeErrorLab(f"pid {pid} did not join {procs_file} within {timeout:.0f}s")
 
 
 def process_start_time(pid: int) -> int | None:
