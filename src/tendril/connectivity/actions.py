@@ -8,6 +8,7 @@ without the CLI's start-up (about a second per command on a busy machine); ping 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -21,11 +22,19 @@ from tendril.datapath.netns import nsenter_argv
 # cilium-cli's curl output format: who connected to whom, and the HTTP status
 CURL_FORMAT = "%{local_ip}:%{local_port} -> %{remote_ip}:%{remote_port} = %{response_code}"
 _CURL_OUT = re.compile(r"^(?P<lip>.+):(?P<lport>\d+) -> (?P<rip>.+):(?P<rport>\d+) = (?P<code>\d+)$")
-_CURL_CODE = (
-    "import sys\nfrom tendril.workload.curl import fetch\n"
-    "a = sys.argv\n"
-    "sys.exit(fetch(a[1], float(a[2]), float(a[3]), True, 'GET', a[4], quiet=True))"
-)
+# argv: url, connect timeout, max time, write-out, method, extra headers (JSON)
+_CURL_CODE = """\
+import http.client, json, sys
+from tendril.workload.curl import fetch
+a = sys.argv
+extra = json.loads(a[6])
+if extra:  # curl -H: added to the request's own headers
+    orig = http.client.HTTPConnection.request
+    def request(self, method, url, body=None, headers={}, **kw):
+        return orig(self, method, url, body, {**headers, **extra}, **kw)
+    http.client.HTTPConnection.request = request
+sys.exit(fetch(a[1], float(a[2]), float(a[3]), True, a[5], a[4], quiet=True))
+"""
 _JOIN_CGROUP = 'echo 0 > "$1" && shift && exec "$@"'
 
 
@@ -104,12 +113,20 @@ def execute(action: Action, connect_timeout: float, request_timeout: float) -> C
         return run_in(action.source, argv, connect_timeout + request_timeout + 5, with_dns=True)
     host = f"[{dst.address}]" if ":" in dst.address else dst.address
     url = f"http://{host}:{dst.port}"
-    argv = [sys.executable, "-c", _CURL_CODE, url, str(connect_timeout), str(request_timeout), CURL_FORMAT]
+    if action.path != "/":
+        url += action.path
+    argv = [
+        sys.executable, "-c", _CURL_CODE, url, str(connect_timeout), str(request_timeout), CURL_FORMAT,
+        action.method, json.dumps(action.headers),
+    ]  # fmt: skip
     res = run_in(
         action.source, argv, connect_timeout + request_timeout + 10, with_dns=not _is_ip(dst.address)
     )
+    opts = [] if action.method == "GET" else ["-X", action.method]
+    for k, v in action.headers.items():
+        opts += ["-H", f"{k}: {v}"]
     res.command = shlex.join(
-        ["tendril", "workload", "curl", "-w", CURL_FORMAT, "--silent", "--fail", "--show-error",
+        ["tendril", "workload", "curl", "-w", CURL_FORMAT, "--silent", "--fail", "--show-error", *opts,
          "--connect-timeout", f"{connect_timeout:g}", "--max-time", f"{request_timeout:g}", url]
     )  # fmt: skip
     m = _CURL_OUT.match(res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "")

@@ -6,8 +6,12 @@ reported it, its source port) are matched against requirements built like cilium
 (GetEgressRequirements / GetIngressRequirements): on the source's side (egress) and on the
 destination pods' side (ingress), flows that must appear (SYN, SYN-ACK, FIN or RST, or a drop with
 a policy reason at the right place) and flows that must not (a drop on a connection that must
-work, a SYN-ACK on one that must be dropped). Flows reach the relay a little after the packets,
-so matching polls for a bounded time.
+work, a SYN-ACK on one that must be dropped). Requests through the L7 proxy (a side whose result
+is `l7`) need, on the node of the proxy that applied the rules, the proxy's http-request and
+http-response records of the connection, with the method, the status and the verdict (FORWARDED,
+or DROPPED for a 403); the proxy's own connection to the server comes from the node, so only the
+client's side of the TCP connection is checked. Flows reach the relay a little after the
+packets, so matching polls for a bounded time.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from tendril.connectivity.model import Action, Pod, Result
 ICMP_REQUEST = {8, 128}  # echo request, ICMPv4 / ICMPv6
 ICMP_REPLY = {0, 129}
 EVENT_DROP = 1  # monitor message type of drop events (policy verdicts are 5)
-EVENT_NAMES = {1: "drop", 2: "debug", 4: "trace", 5: "policy-verdict", 7: "trace-sock"}
+EVENT_L7 = 129  # L7 records (the proxy's http-request / http-response rows)
+EVENT_NAMES = {1: "drop", 2: "debug", 4: "trace", 5: "policy-verdict", 7: "trace-sock", 129: "l7"}
 
 
 @dataclass
@@ -45,6 +50,14 @@ class Flow:
     icmp_type: int
     direction: str  # INGRESS | EGRESS | TRAFFIC_DIRECTION_UNKNOWN
     line: str
+    l7_type: str = ""  # REQUEST | RESPONSE for the proxy's HTTP records, else ""
+    http_code: int = 0
+    http_method: str = ""
+    http_url: str = ""
+
+    @property
+    def l7(self) -> bool:
+        return bool(self.l7_type) or self.event_type == EVENT_L7
 
     @property
     def kind(self) -> str:
@@ -77,6 +90,10 @@ def flow_from_response(resp: Any) -> Flow:
             flags = {n for n in ("SYN", "ACK", "FIN", "RST", "PSH") if getattr(l4.flags, n)}
     elif proto in ("ICMPv4", "ICMPv6"):
         icmp_type = getattr(f.l4, proto).type
+    l7_type, http = "", None
+    if f.HasField("l7"):
+        l7_type = flow_pb2.L7FlowType.Name(f.l7.type)
+        http = f.l7.http if f.l7.HasField("http") else None
     return Flow(
         node=resp.node_name or f.node_name,
         time=f.time.ToNanoseconds() / 1e9,
@@ -92,6 +109,10 @@ def flow_from_response(resp: Any) -> Flow:
         icmp_type=icmp_type,
         direction=flow_pb2.TrafficDirection.Name(f.traffic_direction),
         line=_compact(resp),
+        l7_type=l7_type,
+        http_code=http.code if http is not None else 0,
+        http_method=http.method if http is not None else "",
+        http_url=http.url if http is not None else "",
     )
 
 
@@ -190,14 +211,14 @@ class Connection:
         return f.proto in ("ICMPv4", "ICMPv6")
 
     def request(self, f: Flow) -> bool:
-        if not (f.src_ip in self.src and f.dst_ip in self.dst and self.l4(f)):
+        if f.l7 or not (f.src_ip in self.src and f.dst_ip in self.dst and self.l4(f)):
             return False
         if self.proto == "icmp":
             return f.icmp_type in ICMP_REQUEST
         return f.dport in self.ports and (not self.lport or f.sport == self.lport)
 
     def response(self, f: Flow) -> bool:
-        if not (f.src_ip in self.dst and f.dst_ip in self.src and self.l4(f)):
+        if f.l7 or not (f.src_ip in self.dst and f.dst_ip in self.src and self.l4(f)):
             return False
         if self.proto == "icmp":
             return f.icmp_type in ICMP_REPLY
@@ -205,6 +226,19 @@ class Connection:
 
     def either(self, f: Flow) -> bool:
         return self.request(f) or self.response(f)
+
+    def http(self, f: Flow, kind: str) -> bool:
+        """The proxy's HTTP record of this connection: REQUEST client -> server, RESPONSE back."""
+        if f.l7_type != kind:
+            return False
+        src, dst = (self.src, self.dst) if kind == "REQUEST" else (self.dst, self.src)
+        if not (f.src_ip in src and f.dst_ip in dst):
+            return False
+        cport, sport = (f.sport, f.dport) if kind == "REQUEST" else (f.dport, f.sport)
+        return (not sport or sport in self.ports) and (not self.lport or not cport or cport == self.lport)
+
+    def any(self, f: Flow) -> bool:
+        return self.either(f) or self.http(f, "REQUEST") or self.http(f, "RESPONSE")
 
 
 def connection(action: Action, res: CommandResult) -> Connection:
@@ -251,6 +285,9 @@ def requirements(action: Action, res: CommandResult) -> list[Requirement]:
 
         if result.none:
             return
+        if result.l7:
+            http_side(name, peer, nodes, result, direction)
+            return
         if result.drop:
             drop = _drop(result, direction, nodes)
             reqs.append(Requirement(name, peer, opening, first))
@@ -268,6 +305,35 @@ def requirements(action: Action, res: CommandResult) -> list[Requirement]:
         if action.protocol == "tcp":
             reqs.append(Requirement(name, peer, "FIN or RST", here(closing)))
         reqs.append(Requirement(name, peer, "Drop", any_drop, present=False))
+
+    def http_side(name: str, peer: str, nodes: set[str], result: Result, direction: str) -> None:
+        """Through the proxy: on the client's side the TCP connection (to the proxy, which answers
+        for the server) opens and closes without a drop; the proxy, on the node of the side whose
+        L7 rules apply, records the request and the response with the status and the verdict.
+        The proxy's own connection to the server comes from the node: not the action's."""
+        verdict = "DROPPED" if result.http_status >= 400 else "FORWARDED"
+        if direction == "EGRESS":
+            reqs.append(Requirement(name, peer, opening, here_(nodes, first)))
+            reqs.append(Requirement(name, peer, answer, here_(nodes, reply)))
+            reqs.append(Requirement(name, peer, "FIN or RST", here_(nodes, closing)))
+            reqs.append(Requirement(name, peer, "Drop", any_drop, present=False))
+
+        def l7(kind: str) -> Callable[[Flow], bool]:
+            def pred(f: Flow) -> bool:
+                if f.node not in nodes or not t.http(f, kind) or f.verdict != verdict:
+                    return False
+                if f.http_method and f.http_method != action.method:
+                    return False
+                return kind == "REQUEST" or not result.http_status or f.http_code == result.http_status
+
+            return pred
+
+        code = f" {result.http_status}" if result.http_status else ""
+        reqs.append(Requirement(name, peer, f"http-request {verdict}", l7("REQUEST")))
+        reqs.append(Requirement(name, peer, f"http-response{code} {verdict}", l7("RESPONSE")))
+
+    def here_(nodes: set[str], pred: Callable[[Flow], bool]) -> Callable[[Flow], bool]:
+        return lambda f: f.node in nodes and pred(f)
 
     src = action.source
     if isinstance(src, Pod):
@@ -312,7 +378,7 @@ def validate(relay: Relay, action: Action, res: CommandResult, wait: float) -> V
     flows: list[Flow] = []
     while True:
         try:
-            flows = [f for f in relay.flows(since, t.src) if t.either(f)]
+            flows = [f for f in relay.flows(since, t.src) if t.any(f)]
         except grpc.RpcError as e:
             err = f"Hubble Relay {relay.address}: {e.details() or e.code()}"
             return Validation(reqs, flows, err, time.monotonic() - t0)

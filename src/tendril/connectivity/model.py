@@ -81,6 +81,7 @@ class Destination:
 
 EXIT_ANY_ERROR = -1  # any non-zero exit code
 EXIT_CURL_TIMEOUT = 28
+EXIT_CURL_HTTP_ERROR = 22  # curl --fail on an HTTP status >= 400
 
 DEFAULT_DENY = ("POLICY_DENIED",)  # Hubble's drop_reason_desc for "Policy denied" (133)
 DENYLIST = ("POLICY_DENY",)  # "Policy denied by denylist" (181): a deny rule matched
@@ -98,6 +99,8 @@ class Result:
     ingress_drop: bool = False  # the drop must happen on the destination's node, entering it
     reasons: tuple[str, ...] = ANY_POLICY_DROP
     exit_code: int = 0  # what the command must return: 0, a code, or EXIT_ANY_ERROR
+    l7: bool = False  # the request goes through the L7 proxy on this side: HTTP flows expected
+    http_status: int = 0  # the HTTP status the command must report (0: not checked)
 
     def __str__(self) -> str:
         return self.name
@@ -109,6 +112,10 @@ class Result:
             out["drop_reasons"] = list(self.reasons)
         if not self.none:
             out["exit_code"] = "non-zero" if self.exit_code == EXIT_ANY_ERROR else self.exit_code
+        if self.l7:
+            out["l7"] = "http"
+        if self.http_status:
+            out["http_status"] = self.http_status
         return out
 
 
@@ -128,6 +135,10 @@ POLICY_DENY_EGRESS_DROP = Result(
 POLICY_DENY_INGRESS_DROP = Result(
     "PolicyDenyIngressDrop", drop=True, ingress_drop=True, reasons=DENYLIST, exit_code=EXIT_ANY_ERROR
 )
+# through the L7 proxy: the request is answered (200 by the server, or 403 by the proxy) and
+# Hubble shows an http-request and an http-response flow (FORWARDED, or DROPPED when denied)
+L7_OK = Result("L7OK", l7=True, http_status=200)
+DROP_CURL_HTTP_ERROR = Result("DropCurlHTTPError", l7=True, http_status=403, exit_code=EXIT_CURL_HTTP_ERROR)
 
 
 # ---- actions, scenarios, tests --------------------------------------------------------------
@@ -146,6 +157,9 @@ class Action:
     egress: Result = OK
     ingress: Result = OK
     metrics: list[str] = field(default_factory=list)  # agent counters that must increase
+    method: str = "GET"  # HTTP requests (protocol tcp)
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -159,7 +173,20 @@ class Action:
                 if self.protocol != "tcp" and code == EXIT_CURL_TIMEOUT:
                     return EXIT_ANY_ERROR  # ping / DNS lookups fail with their own codes
                 return code
+        for r in (self.egress, self.ingress):
+            if r.exit_code and not r.none:
+                return r.exit_code
         return 0
+
+    def expected_http_status(self) -> int:
+        for r in (self.egress, self.ingress):
+            if r.drop:
+                return 0
+        return next((r.http_status for r in (self.egress, self.ingress) if r.http_status), 0)
+
+    @property
+    def l7(self) -> bool:
+        return self.egress.l7 or self.ingress.l7
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Adaptations: the namespace is the test's; the external CIDR / target / other IP are the lab
 world's (203.0.113.0/24, .10, .11; IPv4 only, the world has no IPv6); DNS rules name the lab's
-kube-dns pod; L7 `rules:` are left out (no DNS or HTTP proxy yet).
+kube-dns pod; HTTP `rules:` are Cilium's (the node's L7 proxy enforces them), DNS `rules:` are
+left out (no DNS proxy yet).
 """
 
 from __future__ import annotations
@@ -374,9 +375,86 @@ $kube_dns
     toEntities: [world]
 """
 
+ECHO_INGRESS_L7 = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: echo-ingress-l7-http
+  namespace: $ns
+spec:
+  description: "Allow other client to GET on echo"
+  endpointSelector:
+    matchLabels: { kind: echo }
+  ingress:
+  - fromEndpoints:
+    - matchLabels: { other: client }
+      matchExpressions:
+      - { key: io.cilium.k8s.policy.cluster, operator: Exists }
+    toPorts:
+    - ports:
+      - { port: "$echo_port", protocol: TCP }
+      rules:
+        http:
+        - { method: GET, path: "/$$" }
+        - { method: GET, path: "/public$$" }
+        - method: GET
+          path: "/private$$"
+          headers: [ "X-Very-Secret-Token: 42" ]
+"""
+
+CLIENT_EGRESS_L7_HTTP = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-egress-l7-http
+  namespace: $ns
+spec:
+  description: "Allow GET / requests towards echo pods"
+  endpointSelector:
+    matchLabels: { other: client }
+  egress:
+  - toPorts:
+    - ports:
+      - { port: "$echo_port", protocol: TCP }
+      rules:
+        http:
+        - { method: GET, path: "/$$" }
+    toEndpoints:
+    - matchLabels: { kind: echo }
+"""
+
+CLIENT_EGRESS_L7_HTTP_METHOD = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-egress-l7-http-method
+  namespace: $ns
+spec:
+  description: "Allow only POST requests towards echo pods"
+  endpointSelector:
+    matchLabels: { other: client }
+  egress:
+  - toPorts:
+    - ports:
+      - { port: "$echo_port", protocol: TCP }
+      rules:
+        http:
+        - { method: POST }
+    toEndpoints:
+    - matchLabels: { kind: echo }
+"""
+
+
+def named_port(template: str) -> str:
+    """The policy with the echo servers' port named (their container port "http") instead."""
+    for name in ("echo-ingress-l7-http", "client-egress-l7-http"):
+        template = template.replace(f"name: {name}\n", f"name: {name}-named-port\n")
+    return template.replace('"$echo_port"', "http")
+
 
 def render(template: str, d: Deployment) -> str:
     return Template(template).substitute(
+        echo_port="8080",
         ns=d.namespace,
         external_cidr=d.external_cidr,
         external_ip=d.external_ip,

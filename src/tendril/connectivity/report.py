@@ -186,6 +186,18 @@ def _action_json(o: ActionOutcome) -> dict[str, Any]:
                     "tcp_flags": sorted(f.flags),
                     "direction": f.direction,
                     "summary": f.line,
+                    **(
+                        {
+                            "l7": {
+                                "type": f.l7_type,
+                                "http_code": f.http_code,
+                                "method": f.http_method,
+                                "url": f.http_url,
+                            }
+                        }
+                        if f.l7_type
+                        else {}
+                    ),
                 }
                 for f in v.flows
             ],  # fmt: skip

@@ -24,6 +24,7 @@ from tendril.connectivity.actions import execute
 from tendril.connectivity.flows import Relay, validate
 from tendril.connectivity.model import (
     EXIT_ANY_ERROR,
+    EXIT_CURL_HTTP_ERROR,
     Action,
     ActionOutcome,
     Destination,
@@ -180,6 +181,11 @@ class Runner:
             o.failures.append(
                 f'command "{res.command}" failed with exit code {res.exit_code}, expected {expected}'
                 + _paren(detail)
+            )
+        status = action.expected_http_status()
+        if status and res.exit_code in (0, EXIT_CURL_HTTP_ERROR) and res.http_code != status:
+            o.failures.append(
+                f'command "{res.command}" returned HTTP status {res.http_code or "none"}, expected {status}'
             )
         if action.metrics:
             self._check_metrics(o, before)

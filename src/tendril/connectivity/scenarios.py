@@ -164,3 +164,30 @@ def host_to_pod(d: Deployment) -> Iterable[Pair]:
 def pod_to_dns(d: Deployment) -> Iterable[Pair]:
     for i, src in enumerate(d.clients):
         yield f"dns-lookup-{i}", src, to_dns(d), "udp"
+
+
+# (action suffix, method, path, headers) of the echo servers' endpoints, as cilium-cli's
+# PodToPodWithEndpoints requests them
+Request = tuple[str, str, str, dict[str, str]]
+ROOT: Request = ("root", "GET", "/", {})
+PRIVATE: Request = ("private", "GET", "/private", {})
+PRIVATE_WITH_TOKEN: Request = ("private-with-token", "GET", "/private", {"X-Very-Secret-Token": "42"})
+POST_ROOT: Request = ("post-root", "POST", "/", {})
+
+
+def pod_to_pod_with_endpoints(*requests: Request, name: str = "pod-to-pod-with-endpoints") -> Scenario:
+    """HTTP requests (method, path, headers) from every client to every echo server's port 8080."""
+
+    def build(d: Deployment, test: str, scenario: str) -> list[Action]:
+        out = []
+        i = 0
+        for src in d.clients:
+            for echo in d.echos:
+                for suffix, method, path, headers in requests:
+                    a = Action(test, scenario, f"curl-ipv4-{i}-{suffix}", src, to_pod(echo, 8080), "tcp")
+                    a.method, a.path, a.headers = method, path, dict(headers)
+                    out.append(a)
+                i += 1
+        return out
+
+    return Scenario(name, build)
