@@ -38,15 +38,20 @@ from test_datapath_policy import (
     _open_policy,
     split,
 )
-from test_datapath_unit import FROM, IFINDEX, TO, tcp4
+from test_datapath_unit import FROM, IFINDEX, TO, tcp4, udp4
 
 EP2 = 1300  # a second local endpoint: PEER4's
 PROXY_PORT_NONE = 1  # a proxy port nothing listens on (privileged, unused in the test netns)
 
 
-def entry(identity: int, egress: bool, port: int, proxy_port: int = 0) -> list[tuple[np.void, np.void]]:
-    value = abi.policy_value(abi.policy_match_type(identity, TCP, port), proxy_port=proxy_port, rule_ref=9)
-    return [(abi.policy_key(identity, egress, TCP, port), value)]
+UDP = 17
+
+
+def entry(
+    identity: int, egress: bool, port: int, proxy_port: int = 0, proto: int = TCP
+) -> list[tuple[np.void, np.void]]:
+    value = abi.policy_value(abi.policy_match_type(identity, proto, port), proxy_port=proxy_port, rule_ref=9)
+    return [(abi.policy_key(identity, egress, proto, port), value)]
 
 
 def install_for(d: PolicyDatapath, ep_id: int, entries, egress: bool = False, ingress: bool = False) -> None:
@@ -150,3 +155,48 @@ def test_policy_value_carries_the_proxy_port() -> None:
         t.update(k, v)
         got = t.lookup(k)
         assert int(got["proxy_port"]) == 15080
+
+
+@pytest.fixture
+def udp_listener():
+    """A transparent UDP socket like the DNS proxy's (wildcard address, IP_TRANSPARENT)."""
+    from tendril.proxy.redirect import IP_TRANSPARENT
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.bind(("0.0.0.0", 0))
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def test_udp_egress_dns_entry_redirects_every_datagram_to_the_dns_proxy(
+    pdp: PolicyDatapath, udp_listener: int
+) -> None:
+    pdp.install(
+        entry(WEB, True, 53, proxy_port=udp_listener, proto=UDP) + entry(WEB, True, 54, proto=UDP),
+        egress=True,
+    )
+    for sport in (40000, 40000, 40001):  # new and established "connections" alike
+        assert run_mark(pdp, FROM, udp4(POD4, PEER4, sport, 53))[0] == TC_ACT_SHOT
+        assert split(pdp.events())[1][0]["subtype"] == DROP.SOCKET_ASSIGN_FAILED  # the UDP socket found
+    # no DNS rule on 54: straight through
+    assert run_mark(pdp, FROM, udp4(POD4, PEER4, 40002, 54)) == (TC_ACT_OK, 0)
+    pdp.events()
+
+
+def test_udp_redirect_without_a_dns_proxy_drops(pdp: PolicyDatapath) -> None:
+    pdp.install(entry(WEB, True, 53, proxy_port=PROXY_PORT_NONE, proto=UDP), egress=True)
+    assert run_mark(pdp, FROM, udp4(POD4, PEER4, 40000, 53))[0] == TC_ACT_SHOT
+    assert split(pdp.events())[1][0]["subtype"] == DROP.SOCKET_LOOKUP_FAILED
+
+
+def test_udp_ingress_entry_with_a_proxy_port_is_not_redirected(
+    pdp: PolicyDatapath, udp_listener: int
+) -> None:
+    """UDP is redirected for egress (DNS) rules only; an ingress entry never sends UDP to a proxy."""
+    pdp.ipcache.update(abi.ipcache_key(PEER4), abi.ipcache_value(WEB, "", EP2))
+    install_for(pdp, EP2, entry(0, False, 53, proxy_port=udp_listener, proto=UDP), ingress=True)
+    assert run_mark(pdp, FROM, udp4(POD4, PEER4, 40000, 53)) == (TC_ACT_OK, 0)
+    pdp.events()

@@ -8,7 +8,7 @@ import pytest
 
 from tendril.common.errors import InvalidInputError
 from tendril.policy import PolicyRepository, PolicyValidationError, parse_policy_documents
-from tendril.policy.rules import NoPeers
+from tendril.policy.rules import FQDNPeer
 
 CNP_HEAD = """\
 apiVersion: cilium.io/v2
@@ -338,18 +338,16 @@ def test_l7_rules_are_accepted_and_reported() -> None:
         ),
         "p.yaml",
     )
-    assert policy.notices == (  # HTTP rules are enforced by the L7 proxy: no notice
-        "p.yaml: CiliumNetworkPolicy 'web': spec.egress[0].toPorts[0].rules: L7 rule not yet enforced "
-        "(DNS): only its L3/L4 part is enforced",
-        "p.yaml: CiliumNetworkPolicy 'web': spec.egress[1].toFQDNs: toFQDNs (DNS-based peers) not yet "
-        "enforced by tendril: this peer selects nothing",
+    assert policy.notices == (  # HTTP and DNS rules are enforced by the proxies, toFQDNs too
         "p.yaml: CiliumNetworkPolicy 'web': spec.egress[2].toPorts[0].serverNames: L7 rule not yet enforced "
         "(serverNames): only its L3/L4 part is enforced",
     )
     peer_rules = policy.rules[0].peer_rules
     assert [pr.l7 for pr in peer_rules] == [True, True, False, True]
-    assert peer_rules[0].l7_rules is not None and peer_rules[1].l7_rules is None
-    assert peer_rules[2].peers == (NoPeers("toFQDNs (DNS-based peers)"),)
+    assert peer_rules[0].l7_rules is not None and peer_rules[1].l7_rules is not None
+    assert peer_rules[1].l7_rules.kind == "dns"
+    (fqdn,) = peer_rules[2].peers
+    assert isinstance(fqdn, FQDNPeer) and fqdn.matches("Example.com.") and not fqdn.matches("a.example.com")
 
 
 def test_networkpolicy_rules_outside_policy_types_are_reported() -> None:

@@ -151,7 +151,7 @@ static __always_inline __be16 tnd_policy_dport(const struct tnd_pkt *p)
 /*
  * The policy step (see the top of this file). Sets p->remote_id when it looks the peer up (a
  * remote_id set before, the source identity an overlay packet carried, is used as it is), and
- * p->proxy_port when the allowing entry redirects TCP to the L7 proxy.
+ * p->proxy_port when the allowing entry redirects TCP (or egress UDP: DNS) to an L7 proxy.
  * Returns 0 (forward) or the drop reason.
  */
 static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pkt *p, const struct tnd_hook *h,
@@ -181,6 +181,8 @@ static __always_inline int tnd_policy_check(struct __sk_buff *skb, struct tnd_pk
 			ev_flags |= TND_EVF_POLICY_AUDIT;
 			reason = 0;
 		}
+	} else if (p->tuple.proto == IPPROTO_UDP && egress) {
+		p->proxy_port = d.proxy_port; /* DNS rules: each datagram to the DNS proxy (proxy.h) */
 	} else if (p->tuple.proto == IPPROTO_TCP) {
 		p->proxy_port = d.proxy_port;
 		/* Ingress that an L7 rule covers but that did not come through the proxy (proxy.h says

@@ -60,13 +60,47 @@ static __always_inline __be16 tnd_proxy_wanted(const struct tnd_pkt *p, __u32 sr
 	__be16 dest_port;
 	int denied;
 
-	if (p->tuple.proto != IPPROTO_TCP || p->no_l4 || p->ct_state == TND_CT_REPLY ||
-	    p->ct_state == TND_CT_RELATED)
+	if (p->no_l4 || p->ct_state == TND_CT_REPLY || p->ct_state == TND_CT_RELATED)
+		return 0;
+	if (p->tuple.proto == IPPROTO_UDP)
+		return p->proxy_port; /* egress DNS rules only: the DNS proxy */
+	if (p->tuple.proto != IPPROTO_TCP)
 		return 0;
 	dest_port = tnd_proxy_dest_ingress(p, src_identity, &denied);
 	if (denied)
 		return 0;
 	return p->proxy_port ? p->proxy_port : dest_port;
+}
+
+/* UDP (DNS rules, egress): every datagram goes to the DNS proxy's one socket, bound to the wildcard
+ * address on proxy_port with IP_TRANSPARENT; it reads the original destination from
+ * IP_ORIGDSTADDR and answers from a transparent socket bound to that address. */
+static __always_inline int tnd_proxy_sk_assign_udp(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	__u32 len;
+	int ret;
+
+	if (p->tuple.ip_version == 4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->tuple.saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->tuple.daddr, 4);
+		t.ipv4.sport = bpf_htons(p->tuple.sport);
+		t.ipv4.dport = proxy_port;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->tuple.saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->tuple.daddr, 16);
+		t.ipv6.sport = bpf_htons(p->tuple.sport);
+		t.ipv6.dport = proxy_port;
+		len = sizeof(t.ipv6);
+	}
+	sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TND_DROP_SOCKET_LOOKUP_FAILED;
+	ret = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return ret ? TND_DROP_SOCKET_ASSIGN_FAILED : 0;
 }
 
 /* Assign the packet to the proxy's socket (see the top). Returns 0, a drop reason, or
@@ -128,8 +162,12 @@ static __always_inline int tnd_proxy_sk_assign(struct __sk_buff *skb, const stru
 static __always_inline int tnd_proxy_assign(struct __sk_buff *skb, const struct tnd_pkt *p, __be16 proxy_port,
 					    int listener_ok)
 {
-	int reason = tnd_proxy_sk_assign(skb, p, proxy_port, listener_ok);
+	int reason;
 
+	if (p->tuple.proto == IPPROTO_UDP)
+		reason = tnd_proxy_sk_assign_udp(skb, p, proxy_port);
+	else
+		reason = tnd_proxy_sk_assign(skb, p, proxy_port, listener_ok);
 	if (reason)
 		return reason;
 	skb->mark = TND_MARK_MAGIC_TO_PROXY;

@@ -44,6 +44,9 @@ def build_app(agent: Agent) -> Starlette:
     async def proxy(request: Request) -> Response:
         return JSONResponse(agent.proxy_status())
 
+    async def fqdn_cache(request: Request) -> Response:
+        return JSONResponse(agent.fqdn.list())
+
     async def endpoints(request: Request) -> Response:
         return JSONResponse(agent.endpoint_list())
 
@@ -179,6 +182,7 @@ def build_app(agent: Agent) -> Starlette:
         Route("/v1/healthz", healthz),
         Route("/v1/status", status),
         Route("/v1/proxy", proxy),
+        Route("/v1/fqdn/cache", fqdn_cache),
         Route("/v1/endpoints", endpoints),
         Route("/v1/endpoints/{ns}/{name}", endpoint_put, methods=["PUT"]),
         Route("/v1/endpoints/{ns}/{name}", endpoint_delete, methods=["DELETE"]),

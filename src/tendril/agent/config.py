@@ -43,6 +43,8 @@ class NodeConfig:
     hubble_export_file_max_size_mb: int = 10
     hubble_export_file_max_backups: int = 5
     proxy_port: int = 15080  # the node's transparent L7 proxy (0 = none: HTTP rules not enforced)
+    tofqdns_min_ttl: int = 3600  # Cilium's --tofqdns-min-ttl: the least time a toFQDNs IP is kept
+    dns_proxy_port: int = 15053  # the node's DNS proxy, UDP and TCP (0 = none: DNS rules not enforced)
 
     @property
     def router_v4(self) -> str:

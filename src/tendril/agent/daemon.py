@@ -61,6 +61,11 @@ class Agent:
         self.datapath.configure(TRACE_LEVELS[self.config.trace_level], audit=self.state.policy_audit)
         self._setup_routing()
         self.policy = PolicyEngine(self.config, self.state, self.datapath)
+        from tendril.agent.fqdn import FQDNCache
+
+        self.fqdn = FQDNCache(self, self.config.tofqdns_min_ttl)
+        self.policy.resolver.fqdn_prefixes = self.fqdn.peer_prefixes
+        self.policy.extra_prefixes = self.fqdn.prefixes
         self.tables = Tables()
         self.ring = FlowRing(self.config.hubble_buffer_capacity)
         self.endpoints = EndpointManager(self.config, self.state, self.datapath, self.tables)
@@ -101,7 +106,8 @@ class Agent:
     def _setup_proxy(self, node_id: int) -> None:
         """The L7 proxy (src/tendril/proxy): policy routing now, listeners once the loop runs."""
         self.proxy = None
-        if not self.config.proxy_port:
+        self.dns_proxy = None
+        if not self.config.proxy_port and not self.config.dns_proxy_port:
             return
         from tendril.proxy.decide import ProxyPolicy
         from tendril.proxy.flows import L7FlowWriter
@@ -110,8 +116,33 @@ class Agent:
 
         ensure_policy_routing()
         self.tables.proxy_port = self.config.proxy_port
+        self.tables.dns_proxy_port = self.config.dns_proxy_port
         flows = L7FlowWriter(self.tables, node_id, self.pump.publish)
-        self.proxy = HTTPProxy(self.config.proxy_port, ProxyPolicy(self, self.config.proxy_port), flows)
+        if self.config.proxy_port:
+            self.proxy = HTTPProxy(self.config.proxy_port, ProxyPolicy(self, self.config.proxy_port), flows)
+        if self.config.dns_proxy_port:
+            from tendril.proxy.dns import DNSProxy
+
+            self.dns_proxy = DNSProxy(
+                self.config.dns_proxy_port,
+                ProxyPolicy(self, self.config.dns_proxy_port),
+                flows,
+                on_answer=self._fqdn_answer,
+            )
+
+    async def _fqdn_answer(self, ctx: Any, name: str, ips: list[str], ttl: int) -> None:
+        """toFQDNs: IPs of an allowed answer, into policy before the answer is released (fqdn.py)."""
+        async with self.lock:
+            await self.fqdn.observe(ctx, name, ips, ttl)
+
+    async def _fqdn_sweep_loop(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            async with self.lock:
+                try:
+                    self.fqdn.sweep()
+                except Exception:  # noqa: BLE001 - keep sweeping
+                    log.exception("fqdn sweep")
 
     def _setup_routing(self) -> None:
         """VXLAN mode: the overlay device and its decapsulation program (native mode needs only the
@@ -128,8 +159,11 @@ class Agent:
         self.pump.start(loop)
         if self.proxy is not None:
             await self.proxy.start()
+        if self.dns_proxy is not None:
+            await self.dns_proxy.start()
         self.cluster.attach_loop(loop)
         gc_task = loop.create_task(self._gc_loop())
+        fqdn_task = loop.create_task(self._fqdn_sweep_loop())
         publish_task = loop.create_task(self._publish_loop())
         observer = await self._start_observer()
         self.observability.serve()
@@ -154,6 +188,7 @@ class Agent:
         await observer.stop(1.0)
         self.observability.close()
         gc_task.cancel()
+        fqdn_task.cancel()
         publish_task.cancel()
         self.cluster.close()
         self.pump.stop(loop)
@@ -275,11 +310,21 @@ class Agent:
             "refused": st.refused,
             "requests": dict(st.requests),
             "redirects": self.proxy_redirects(),
+            "dns": {
+                "port": self.dns_proxy.port if self.dns_proxy else 0,
+                "queries": dict(self.dns_proxy.stats.queries) if self.dns_proxy else {},
+            },
         }
 
-    def proxy_redirects(self) -> int:
-        """Policy-map entries that redirect to the proxy, over this node's endpoints."""
-        return sum(1 for pol in self.policy.resolved.values() for e in pol.entries if e.proxy_port)
+    def proxy_redirects(self, kind: str | None = None) -> int:
+        """Policy-map entries that redirect to a proxy (of `kind`: http / dns), over this node's
+        endpoints."""
+        return sum(
+            1
+            for pol in self.policy.resolved.values()
+            for e in pol.entries
+            if e.proxy_port and (kind is None or e.l7[0].kind == kind)
+        )
 
     def monitor_hello(self) -> dict[str, Any]:
         return {"cpus": os.cpu_count(), "ring_bytes": self.config.ring_bytes, "node": self.config.name}
@@ -452,7 +497,10 @@ class Agent:
             "monitor_events_read_total": self.pump.events_read,
             "lost_events_total": [({"source": s}, n) for s, n in sorted(self.lost_events.items())],
             # Cilium's cilium_proxy_redirects{protocol}: active redirects (policy entries to the proxy)
-            "proxy_redirects": [({"protocol": "http"}, self.proxy_redirects())],
+            "proxy_redirects": [
+                ({"protocol": "http"}, self.proxy_redirects("http")),
+                ({"protocol": "dns"}, self.proxy_redirects("dns")),
+            ],
             "proxy_connections_total": self.proxy.stats.connections if self.proxy else 0,
             "proxy_requests_total": [
                 ({"verdict": v}, n)

@@ -82,8 +82,13 @@ class PolicyEngine:
             IdentityAllocator.from_dict(state.identities) if state.identities else IdentityAllocator()
         )
         self.repo = PolicyRepository.from_dict(state.policies) if state.policies else PolicyRepository()
-        self.resolver = PolicyResolver(peer_named_ports=self._peer_named_ports, proxy_port=config.proxy_port)
+        self.resolver = PolicyResolver(
+            peer_named_ports=self._peer_named_ports,
+            proxy_port=config.proxy_port,
+            dns_proxy_port=config.dns_proxy_port,
+        )
         self.ipcache = IpcacheMirror()
+        self.extra_prefixes: Callable[[], set[str]] = set  # toFQDNs IPs (agent/fqdn.py)
         self.cidr_prefixes: set[str] = set(state.identities.get("tendril_cidr_prefixes", []))
         self.resolved: dict[int, EndpointPolicy] = {}
         self.errors: dict[int, str] = {}
@@ -131,7 +136,7 @@ class PolicyEngine:
                 if ep.identity_labels:
                     stale_labels.append(ep.identity_labels)
                 ep.identity, ep.identity_labels = new_id, labels
-        wanted_cidrs = set(self.repo.required_cidr_prefixes())
+        wanted_cidrs = set(self.repo.required_cidr_prefixes()) | self.extra_prefixes()
         for prefix in sorted(wanted_cidrs - self.cidr_prefixes):
             self.alloc.cidr_identity(prefix)
         self.resolver.set_identities(self.alloc.identities())

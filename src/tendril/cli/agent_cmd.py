@@ -18,6 +18,7 @@ HUBBLE_OPTIONS = {
     "prometheus_serve_addr": "prometheus_serve_addr",
     "bpf_lb_algorithm": "bpf_lb_algorithm",
     "bpf_lb_maglev_table_size": "bpf_lb_maglev_table_size",
+    "tofqdns_min_ttl": "tofqdns_min_ttl",
 }
 
 
@@ -54,6 +55,12 @@ def hubble_options(f):  # noqa: ANN001, ANN201 - click decorator
             type=int,
             default=None,
             help="Maglev table size, a prime (default 16381).",
+        ),
+        click.option(
+            "--tofqdns-min-ttl",
+            type=click.IntRange(0),
+            default=None,
+            help="Seconds a toFQDNs IP stays allowed at least, whatever the DNS TTL (default 3600).",
         ),
     ]
     for o in reversed(opts):

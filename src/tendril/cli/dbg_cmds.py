@@ -304,3 +304,34 @@ def bpf_lb_list(revnat: bool, node: str | None, lab: str) -> None:
     with AgentClient(resolve_nodes(lab, node)[0]) as c:
         data = c.get("/v1/services")
     click.echo(data["bpf_lb_revnat"] if revnat else data["bpf_lb_list"])
+
+
+@click.group()
+def fqdn() -> None:
+    """toFQDNs: names the DNS proxy saw and the IPs they allow."""
+
+
+@fqdn.group("cache")
+def fqdn_cache() -> None:
+    """The FQDN cache."""
+
+
+@fqdn_cache.command("list")
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
+@node_option
+@lab_option
+def fqdn_cache_list(output: str, node: str | None, lab: str) -> None:
+    """List cached names in the cilium-dbg fqdn cache list layout."""
+    entries = []
+    for n in resolve_nodes(lab, node):
+        with AgentClient(n) as c:
+            entries += c.get("/v1/fqdn/cache")
+    if output == "json":
+        click.echo(json.dumps(entries, indent=2))
+        return
+    rows = [["Endpoint", "Source", "FQDN", "TTL", "ExpirationTime", "IPs"]]
+    rows += [
+        [str(e["endpoint"]), e["source"], e["fqdn"], str(e["ttl"]), e["expiration"], ",".join(e["ips"])]
+        for e in entries
+    ]
+    click.echo(render(rows))

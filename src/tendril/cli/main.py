@@ -59,6 +59,7 @@ def _register() -> None:
         dbg_cmds.monitor,
         dbg_cmds.config,
         dbg_cmds.service,
+        dbg_cmds.fqdn,
     ):
         cli.add_command(cmd)
     cli.add_command(status_cmd.status)

@@ -139,8 +139,25 @@ def _set_l4(f: flow_pb2.Flow, r: dict) -> None:
         f.l4.IGMP.SetInParent()
 
 
+DNS_RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
 def l7_summary(l7: flow_pb2.Layer7) -> str:
-    """Hubble's Summary of an HTTP record (pkg/hubble/parser/seven/http.go)."""
+    """Hubble's Summary of an HTTP or DNS record (pkg/hubble/parser/seven/http.go, dns.go)."""
+    if l7.HasField("dns"):
+        d = l7.dns
+        qtypes = ",".join(d.qtypes)
+        if l7.type != flow_pb2.RESPONSE:
+            return f"DNS Query {d.query} {qtypes}"
+        rcode = DNS_RCODES.get(d.rcode, str(d.rcode))
+        if rcode != "NOERROR":
+            answer = f"RCode: {rcode}"
+        else:
+            answer = '"' + ",".join(d.ips) + '"'
+            if d.cnames:
+                answer += " CNAMEs: " + ",".join(d.cnames)
+        source = "Proxy" if d.observation_source == "proxy" else "Query"
+        return f"DNS Answer {answer} TTL: {d.ttl} ({source} {d.query} {qtypes})"
     h = l7.http
     if l7.type == flow_pb2.RESPONSE:
         return f"{h.protocol} {h.code} {l7.latency_ns // 1_000_000}ms ({h.method} {h.url})"
@@ -243,11 +260,16 @@ def _build(
     l7 = _l7_record(tables, r["l7"])
     if l7 is not None:
         f.l7.CopyFrom(l7)
-        if l7.HasField("http"):
+        if l7.HasField("http") or l7.HasField("dns"):
             f.Summary = l7_summary(l7)
             return f
-    if event_type == EVENT_TRACE and point == flow_pb2.TO_PROXY and tables.proxy_port:
-        f.proxy_port = tables.proxy_port
+    if event_type == EVENT_TRACE and point == flow_pb2.TO_PROXY:
+        # the event does not carry the port: UDP is only ever redirected to the DNS proxy, TCP to
+        # port 53 is taken to be DNS too (an HTTP rule on port 53 would be reported wrongly)
+        dns = r["l4_proto"] == 17 or r["dst_port"] == 53
+        port = getattr(tables, "dns_proxy_port", 0) if dns else tables.proxy_port
+        if port:
+            f.proxy_port = port
     if event_type == EVENT_TRACE_SOCK:
         f.sock_xlate_point = point  # Hubble leaves Summary empty for socket translations
         if f.l4.HasField("TCP"):

@@ -162,6 +162,7 @@ class Tables:
         self.endpoints = Interner(EndpointMeta())
         self.l7 = L7Records(l7_capacity)
         self.proxy_port = 0  # the node's L7 proxy port, reported on to-proxy flows (0 = none)
+        self.dns_proxy_port = 0  # the node's DNS proxy port (to-proxy flows of DNS)
 
     def string(self, i: int) -> str:
         return self.strings.value(int(i))  # type: ignore[return-value]

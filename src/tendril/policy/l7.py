@@ -57,12 +57,65 @@ class HTTPRule:
         return True
 
 
+_NAME_RE = re.compile(r"^([-a-zA-Z0-9_]+[.]?)+$")
+_PATTERN_RE = re.compile(r"^([-a-zA-Z0-9_*]+[.]?)+$")
+_DNS_CHARS = "[-a-zA-Z0-9_]"
+
+
+def fqdn(name: str) -> str:
+    """Lower case with the trailing dot, as Cilium compares DNS names."""
+    name = name.strip().lower()
+    return name if name.endswith(".") else name + "."
+
+
+@dataclass(frozen=True, eq=False)
+class DNSMatch:
+    """One `dns[]` / `toFQDNs[]` item: `matchName` (exact, case-insensitive) or `matchPattern`.
+
+    Cilium's matchPattern (pkg/fqdn/matchpattern): `*` alone matches every name; otherwise each `*`
+    matches zero or more DNS-name characters (`[-a-zA-Z0-9_]`) but never a `.`, so `*.example.com`
+    matches `a.example.com` but neither `example.com` nor `a.b.example.com`.
+    """
+
+    text: str
+    regex: re.Pattern[str]
+
+    def matches(self, name: str) -> bool:
+        return self.regex.fullmatch(fqdn(name)) is not None
+
+
+def compile_dns_match(match_name: str | None, match_pattern: str | None, path: str) -> DNSMatch:
+    """One matcher; FieldError naming `path.matchName` / `path.matchPattern` when invalid."""
+    if (match_name is None) == (match_pattern is None):
+        raise invalid(path, "exactly one of matchName and matchPattern is required")
+    if match_name is not None:
+        if not _NAME_RE.fullmatch(match_name.strip()):
+            raise invalid(f"{path}.matchName", f"invalid DNS name {match_name!r}")
+        name = fqdn(match_name)
+        return DNSMatch(name, re.compile(re.escape(name)))
+    assert match_pattern is not None
+    pat = match_pattern.strip().lower()
+    if pat == "*":
+        return DNSMatch("*", re.compile(r"(.+\.)|\."))
+    if not _PATTERN_RE.fullmatch(pat):
+        raise invalid(f"{path}.matchPattern", f"invalid DNS pattern {match_pattern!r}")
+    pat = fqdn(pat)
+    body = "".join(f"{_DNS_CHARS}*" if c == "*" else re.escape(c) for c in pat)
+    return DNSMatch(pat, re.compile(body))
+
+
 @dataclass(frozen=True, eq=False)
 class L7Rules:
-    """The L7 part of one `toPorts[]` item (HTTP only for now). Hashes by identity."""
+    """The L7 part of one `toPorts[]` item: HTTP or DNS rules. Hashes by identity."""
 
     http: tuple[HTTPRule, ...] = ()
     ref: str = ""
+    dns: tuple[DNSMatch, ...] = ()
+    kind: str = "http"  # "http" or "dns": which proxy the port redirects to
+
+    def allows_dns(self, name: str) -> bool:
+        """A DNS query for `name`; `dns: []` / `dns: [{}]` is not accepted (Cilium needs a matcher)."""
+        return any(m.matches(name) for m in self.dns)
 
     def allows(self, method: str, target: str, host: str, headers: Sequence[tuple[str, str]]) -> bool:
         if not self.http:
@@ -132,4 +185,25 @@ def compile_http_rules(rules: Sequence[Any], path: str, ref: str) -> L7Rules:
     return L7Rules(tuple(out), ref)
 
 
-__all__ = ["FieldError", "HTTPRule", "HeaderMatch", "L7Rules", "compile_http_rules"]
+def compile_dns_rules(rules: Sequence[Any], path: str, ref: str) -> L7Rules:
+    """model DNSRule items (matchName / matchPattern) -> L7Rules of kind dns."""
+    return L7Rules(
+        ref=ref,
+        dns=tuple(
+            compile_dns_match(r.matchName, r.matchPattern, f"{path}[{i}]") for i, r in enumerate(rules)
+        ),
+        kind="dns",
+    )
+
+
+__all__ = [
+    "DNSMatch",
+    "FieldError",
+    "HTTPRule",
+    "HeaderMatch",
+    "L7Rules",
+    "compile_dns_match",
+    "compile_dns_rules",
+    "compile_http_rules",
+    "fqdn",
+]

@@ -228,12 +228,17 @@ def _shadowed(key: Key, denies: set[Key]) -> bool:
 
 
 def build_entries(
-    table: KeyTable, memo: dict[tuple, PolicyEntry] | None = None, proxy_port: int = 0
+    table: KeyTable,
+    memo: dict[tuple, PolicyEntry] | None = None,
+    proxy_port: int = 0,
+    dns_proxy_port: int = 0,
 ) -> list[PolicyEntry]:
     """Final entries sorted by key, allows under a broader deny of the same identity dropped.
 
     `memo` lets a caller share entry objects between endpoints (most entries recur across them).
-    Allows that carry L7 rules get `proxy_port` (0 = no proxy: L7 rules are then not enforced).
+    Allows that carry L7 rules get `proxy_port` (0 = no proxy: L7 rules are then not enforced);
+    DNS rules get `dns_proxy_port` instead (a key with both kinds goes to the DNS proxy, whose
+    rules then apply: DNS ports are not HTTP ports in practice).
     """
     denies = {k for k, (deny, _) in table.keys.items() if deny}
     deny_peers = {(k[0], k[1]) for k in denies}
@@ -244,14 +249,19 @@ def build_entries(
         if not deny and (key[0], key[1]) in deny_peers and _shadowed(key, denies):
             continue
         l7: tuple[L7Rules, ...] = ()
-        if not deny and proxy_port and key not in table.plain and key in table.l7:
+        if not deny and key not in table.plain and key in table.l7:
             l7 = tuple(table.l7[key])
+            is_dns = any(r.kind == "dns" for r in l7)
+            if is_dns:
+                l7 = tuple(r for r in l7 if r.kind == "dns")
+            if not (dns_proxy_port if is_dns else proxy_port):
+                l7 = ()
         entry = memo.get((key, deny, ref, l7))
         if entry is None:
             ident, egress, proto, port, bits = key
             hi = port + (1 << (16 - bits)) - 1 if bits else port
             mt = int(match_type(ident, proto, bits))
-            pp = proxy_port if l7 else 0
+            pp = (dns_proxy_port if l7[0].kind == "dns" else proxy_port) if l7 else 0
             entry = memo[(key, deny, ref, l7)] = PolicyEntry(
                 egress, ident, proto, port, hi, deny, mt, ref, l7, pp
             )

@@ -42,6 +42,7 @@ from tendril.policy.rules import (
     CIDRPeer,
     EndpointPeers,
     EntityPeers,
+    FQDNPeer,
     IPNetwork,
     PeerRule,
     Policy,
@@ -104,6 +105,8 @@ class PolicyResolver:
         max_entries: int = POLICY_MAX_ENTRIES,
         peer_named_ports: PeerNamedPorts | None = None,
         proxy_port: int = 0,
+        dns_proxy_port: int = 0,
+        fqdn_prefixes: Callable[[FQDNPeer], frozenset[IPNetwork]] | None = None,
     ) -> None:
         self.cache = SelectorCache()
         self.cluster_name = cluster_name
@@ -112,6 +115,8 @@ class PolicyResolver:
         self.max_entries = max_entries
         self.peer_named_ports = peer_named_ports or _no_named_ports
         self.proxy_port = proxy_port  # the node's L7 proxy; 0 = none (HTTP rules not enforced)
+        self.dns_proxy_port = dns_proxy_port  # the node's DNS proxy; 0 = none (DNS rules not enforced)
+        self.fqdn_prefixes = fqdn_prefixes or (lambda peer: frozenset())  # toFQDNs: cached IPs
         self._cidr_ids: list[tuple[int, IPNetwork]] = []
         self._peer_ids: weakref.WeakKeyDictionary[PeerRule, frozenset[int]] = weakref.WeakKeyDictionary()
         self._keys: weakref.WeakKeyDictionary[PeerRule, tuple[Key, ...]] = weakref.WeakKeyDictionary()
@@ -166,7 +171,16 @@ class PolicyResolver:
                 if peer.prefix.prefixlen == 0:
                     ids.add(WORLD)
                 ids.update(n for n, net in self._cidr_ids if selects_prefix(peer, net))
+            elif isinstance(peer, FQDNPeer):
+                nets = self.fqdn_prefixes(peer)
+                ids.update(n for n, net in self._cidr_ids if net in nets)
         return frozenset(ids)
+
+    def fqdn_changed(self) -> None:
+        """The FQDN cache changed: toFQDNs peers select other identities now."""
+        self._peer_ids.clear()
+        self._keys.clear()
+        self._entries.clear()
 
     def _static_keys(self, pr: PeerRule) -> tuple[Key, ...]:
         """Keys of a peer rule that do not depend on named ports (cached per rule)."""
@@ -272,7 +286,7 @@ class PolicyResolver:
                     table.add_many(named, pr.deny, pr.ref, pr.l7_rules)
         if self.allow_localhost and ingress and ep.identity != HOST:
             table.add((HOST, False, 0, 0, 0), False, "allow-localhost")
-        entries = tuple(build_entries(table, self._entries, self.proxy_port))
+        entries = tuple(build_entries(table, self._entries, self.proxy_port, self.dns_proxy_port))
         return EndpointPolicy(ep.endpoint_id, ep.identity, ingress, egress, entries, tuple(notices))
 
 

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from tendril.policy.l7 import L7Rules
+from tendril.policy.l7 import DNSMatch, L7Rules
 from tendril.policy.selector import Selector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -61,6 +61,17 @@ class CIDRPeer:
     excepts: tuple[IPNetwork, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class FQDNPeer:
+    """`toFQDNs`: the IPs the DNS proxy saw in allowed answers for matching names (FQDN cache),
+    each selected through its /32 or /128 CIDR identity while its TTL lasts."""
+
+    matchers: tuple[DNSMatch, ...]
+
+    def matches(self, name: str) -> bool:
+        return any(m.matches(name) for m in self.matchers)
+
+
 @dataclass(frozen=True, slots=True)
 class NoPeers:
     """A peer kind tendril cannot enforce yet in an allow rule: it selects nothing (fails closed)."""
@@ -68,7 +79,7 @@ class NoPeers:
     reason: str
 
 
-Peer = AllPeers | EndpointPeers | EntityPeers | CIDRPeer | NoPeers
+Peer = AllPeers | EndpointPeers | EntityPeers | CIDRPeer | FQDNPeer | NoPeers
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,6 +40,7 @@ class ConnectionContext:
     ep_id: int  # the local endpoint whose policy redirected (client for egress)
     egress: tuple[L7Rules, ...] | None
     ingress: tuple[L7Rules, ...] | None
+    proto: int = IPPROTO_TCP
 
     @property
     def direction(self) -> int:
@@ -51,6 +52,10 @@ class ConnectionContext:
             if rules is not None and not any(r.allows(method, target, host, headers) for r in rules):
                 return False
         return True
+
+    def allows_dns(self, name: str) -> bool:
+        """A DNS query (client egress rules only: DNS rules are egress rules)."""
+        return self.egress is not None and any(r.allows_dns(name) for r in self.egress)
 
 
 class ProxyPolicy:
@@ -71,7 +76,9 @@ class ProxyPolicy:
         raw = ip.packed + bytes(16 - len(ip.packed))
         return int(self.agent.endpoints.endpoint_ids(np.array([raw], dtype="V16"))[0])
 
-    def connection(self, src: tuple[str, int], dst: tuple[str, int]) -> ConnectionContext | None:
+    def connection(
+        self, src: tuple[str, int], dst: tuple[str, int], proto: int = IPPROTO_TCP
+    ) -> ConnectionContext | None:
         src_ip, dst_ip = ipaddress.ip_address(src[0]), ipaddress.ip_address(dst[0])
         if dst[1] == self.proxy_port:
             return None  # straight to the proxy, not redirected
@@ -82,8 +89,8 @@ class ProxyPolicy:
         resolved = self.agent.policy.resolved
         egress = ingress = None
         if src_ep is not None and src_ep.id in resolved:
-            egress = resolved[src_ep.id].l7_rules(dst_id, True, IPPROTO_TCP, dst[1])
-        if dst_ep is not None and dst_ep.id in resolved:
+            egress = resolved[src_ep.id].l7_rules(dst_id, True, proto, dst[1])
+        if dst_ep is not None and dst_ep.id in resolved and proto == IPPROTO_TCP:
             ingress = resolved[dst_ep.id].l7_rules(src_id, False, IPPROTO_TCP, dst[1])
         if egress is None and ingress is None:
             return None
@@ -100,4 +107,5 @@ class ProxyPolicy:
             ep_id=owner.id if owner is not None else 0,
             egress=egress,
             ingress=ingress,
+            proto=proto,
         )

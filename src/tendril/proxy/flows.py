@@ -54,7 +54,7 @@ class L7FlowWriter:
         src, dst = (ctx.dst_ip, ctx.src_ip) if reply else (ctx.src_ip, ctx.dst_ip)
         r["src_ip"] = np.void(src.packed + bytes(16 - len(src.packed)))
         r["dst_ip"] = np.void(dst.packed + bytes(16 - len(dst.packed)))
-        r["l4_proto"] = IPPROTO_TCP
+        r["l4_proto"] = ctx.proto
         r["src_port"], r["dst_port"] = (ctx.dst_port, ctx.src_port) if reply else (ctx.src_port, ctx.dst_port)
         r["is_reply"] = int(reply)
         r["traffic_direction"] = ctx.direction
@@ -104,6 +104,37 @@ class L7FlowWriter:
             http=flow_pb2.HTTP(code=code, method=method, url=url, protocol=protocol),
         )
         self._row(ctx, True, verdict, l7)
+
+    def dns(
+        self,
+        ctx: ConnectionContext,
+        reply: bool,
+        verdict: int,
+        query: str,
+        qtypes: Sequence[str],
+        rcode: int = 0,
+        ips: Sequence[str] = (),
+        ttl: int = 0,
+        cnames: Sequence[str] = (),
+        rrtypes: Sequence[str] = (),
+        latency_ns: int = 0,
+    ) -> None:
+        """A dns-request (reply False) or dns-response row, observation source "proxy"."""
+        l7 = flow_pb2.Layer7(
+            type=flow_pb2.RESPONSE if reply else flow_pb2.REQUEST,
+            latency_ns=max(0, latency_ns),
+            dns=flow_pb2.DNS(
+                query=query,
+                ips=list(ips),
+                ttl=ttl,
+                cnames=list(cnames),
+                observation_source="proxy",
+                rcode=rcode,
+                qtypes=list(qtypes),
+                rrtypes=list(rrtypes),
+            ),
+        )
+        self._row(ctx, reply, verdict, l7)
 
     def flush(self) -> None:
         self._scheduled = False

@@ -44,6 +44,15 @@ seen by the very next query; ``SIGHUP`` forces a re-read.  A file that cannot be
 the previous records in service (and is reported once); a bad service entry is skipped and
 reported while the rest load.
 
+Extra names outside the cluster domain (the lab's world hosts, for toFQDNs) come from
+``dns-hosts.json`` next to the records file, re-read the same way::
+
+    {"hosts": [{"name": "world.lab.test", "ips": ["203.0.113.10"], "ttl": 60},
+               {"name": "*.world.lab.test", "ips": ["203.0.113.11"]}]}
+
+``*.`` names are wildcards for one or more leading labels (as in a zone file); the exact name wins.
+A host's TTL defaults to the server's.
+
 The server speaks UDP (with ``IP_PKTINFO``/``IPV6_RECVPKTINFO`` so replies always leave from the
 address the query was sent to, even with several addresses on one interface) and TCP, on IPv4
 and IPv6.  UDP answers larger than 512 bytes (or the client's EDNS0 size, capped at 1232) are
@@ -65,7 +74,7 @@ import struct
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,7 +306,9 @@ class Zone:
         domain: str = DEFAULT_DOMAIN,
         ttl: int = DEFAULT_TTL,
         serial: int | None = None,
+        hosts: Mapping[Name, tuple[list[IPAddress], int]] | None = None,
     ) -> None:
+        self.hosts = dict(hosts or {})
         self.domain = name_of(domain)
         if not self.domain:
             raise ValueError("the cluster domain must not be empty")
@@ -395,6 +406,20 @@ class Zone:
     def lookup(self, qlabel: DNSLabel, qtype: int) -> Answer:
         """Answer one question; owner names in the answer keep the question's spelling."""
         qname: Name = tuple(lab.lower() for lab in qlabel.label)
+        host = self.hosts.get(qname)
+        for i in range(1, len(qname)):
+            if host is not None:
+                break
+            host = self.hosts.get((b"*", *qname[i:]))
+        if host is not None:
+            ips, ttl = host
+            res = Answer()
+            want = {QTYPE.A: 4, QTYPE.AAAA: 6}.get(qtype)
+            for ip in ips:
+                if qtype == QTYPE.ANY or ip.version == want:
+                    rtype, data = (QTYPE.A, A(str(ip))) if ip.version == 4 else (QTYPE.AAAA, AAAA(str(ip)))
+                    res.answer.append(RR(qlabel, rtype, CLASS.IN, ttl, data))
+            return res
         if not self.in_domain(qname):
             return self._lookup_reverse(qlabel, qname, qtype)
         res = Answer()
@@ -521,22 +546,44 @@ class RecordsFile:
         self.log = log
         self._zone = Zone((), domain, ttl)
         self._sig: tuple[int, ...] | None = None
+        self._hsig: tuple[int, ...] | None = None
         self.reloads = 0
         self.zone()
 
-    def _signature(self) -> tuple[int, ...] | None:
+    def _signature(self, path: Path | None = None) -> tuple[int, ...] | None:
         try:
-            st = os.stat(self.path)
+            st = os.stat(path or self.path)
         except FileNotFoundError:
             return None
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
+    @property
+    def hosts_path(self) -> Path:
+        return self.path.parent / "dns-hosts.json"
+
+    def _hosts(self) -> dict[Name, tuple[list[IPAddress], int]]:
+        out: dict[Name, tuple[list[IPAddress], int]] = {}
+        try:
+            data = json.loads(self.hosts_path.read_bytes())
+            for h in data.get("hosts", []):
+                ips = [_parse_ip(ip, "host ip") for ip in h["ips"]]
+                out[name_of(h["name"])] = (ips, int(h.get("ttl", self.ttl)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            self.log(f"cannot load {self.hosts_path}: {exc}; no extra hosts")
+        return out
+
     def zone(self, force: bool = False) -> Zone:
-        """The current zone: one stat(2), and a re-read only when the file changed."""
+        """The current zone: one stat(2) per file, and a re-read only when a file changed."""
+        hsig = self._signature(self.hosts_path)
         sig = self._signature()
-        if sig == self._sig and not force:
+        if sig == self._sig and hsig == self._hsig and not force:
             return self._zone
         self._sig = sig
+        if hsig != self._hsig or force:
+            self._hsig = hsig
+            self._zone = Zone(self._zone.services, self.domain, self.ttl, self._zone.serial, self._hosts())
         if sig is None:
             self.log(f"records file {self.path} does not exist; keeping {len(self._zone.services)} services")
             return self._zone
@@ -547,7 +594,7 @@ class RecordsFile:
         except (OSError, ValueError) as exc:  # RecordsError and JSONDecodeError are ValueErrors
             self.log(f"cannot load {self.path}: {exc}; keeping the previous records")
             return self._zone
-        self._zone = Zone(services, self.domain, self.ttl, serial=sig[3] // 1_000_000_000)
+        self._zone = Zone(services, self.domain, self.ttl, sig[3] // 1_000_000_000, self._zone.hosts)
         self.reloads += 1
         self.log(f"loaded {len(services)} services from {self.path}")
         return self._zone

@@ -15,7 +15,7 @@ Semantics follow Cilium (pkg/k8s/apis/cilium.io/utils/utils.go, pkg/policy/api/r
 - One kind of peer per rule, and `icmps` not together with `toPorts`, as Cilium requires.
 
 What tendril cannot enforce yet is never silently dropped: L7 rules are accepted with their L3/L4
-part enforced and a notice "L7 rule not yet enforced"; `toFQDNs`, `toServices`, `*Groups`, `*Nodes`
+part enforced and a notice "L7 rule not yet enforced"; `toServices`, `*Groups`, `*Nodes`
 and CIDR groups are accepted in allow rules with a notice and select nothing (fail closed), and are
 errors in deny rules (ignoring them would leave traffic allowed). `*Requires` and `authentication`
 are errors (ignoring them would weaken the policy).
@@ -30,7 +30,7 @@ from tendril.policy.cidr import check_except, parse_cidr
 from tendril.policy.constants import PORT_PROTOCOLS, Proto
 from tendril.policy.entities import ENTITIES
 from tendril.policy.errors import invalid, missing
-from tendril.policy.l7 import compile_http_rules
+from tendril.policy.l7 import compile_dns_match, compile_dns_rules, compile_http_rules
 from tendril.policy.model import cilium as m
 from tendril.policy.model.common import EndpointSelector
 from tendril.policy.ports import CILIUM_PROTOCOLS, check_end_port, icmp_type, parse_port
@@ -39,6 +39,7 @@ from tendril.policy.rules import (
     CIDRPeer,
     EndpointPeers,
     EntityPeers,
+    FQDNPeer,
     NoPeers,
     Peer,
     PeerRule,
@@ -64,7 +65,6 @@ _UNSUPPORTED_PEERS = {
     "fromGroups": "fromGroups (cloud provider groups)",
     "toGroups": "toGroups (cloud provider groups)",
     "toServices": "toServices",
-    "toFQDNs": "toFQDNs (DNS-based peers)",
 }
 _TLS_FIELDS = ("terminatingTLS", "originatingTLS", "serverNames", "listener")
 
@@ -200,16 +200,16 @@ def _peer_rules(
     else:
         peers = (AllPeers(),) if (to_ports or icmps) else ()
     ref = f"{ctx.ref_prefix}:{path}"
-    if not deny and any(_http_of(pr) is not None for pr in to_ports):
+    if not deny and any(_http_of(pr) is not None or _dns_of(pr) is not None for pr in to_ports):
         out = []
         for i, pr in enumerate(to_ports):
             ports, l7 = _ports(ctx, [pr], [], path, egress, deny, host, first=i)
-            http = _http_of(pr)
-            l7_rules = (
-                compile_http_rules(http, f"{path}.toPorts[{i}].rules.http", f"{ref}.toPorts[{i}]")
-                if http is not None
-                else None
-            )
+            http, dns = _http_of(pr), _dns_of(pr)
+            l7_rules = None
+            if http is not None:
+                l7_rules = compile_http_rules(http, f"{path}.toPorts[{i}].rules.http", f"{ref}.toPorts[{i}]")
+            elif dns is not None:
+                l7_rules = compile_dns_rules(dns, f"{path}.toPorts[{i}].rules.dns", f"{ref}.toPorts[{i}]")
             out.append(PeerRule(egress, deny, peers, ports, f"{ref}.toPorts[{i}]", l7, l7_rules))
         return out
     ports, l7 = _ports(ctx, to_ports, icmps, path, egress, deny, host)
@@ -219,6 +219,11 @@ def _peer_rules(
 def _http_of(pr: m.PortRule | m.PortDenyRule) -> list[m.HTTPRule] | None:
     rules = getattr(pr, "rules", None)
     return rules.http if rules is not None else None
+
+
+def _dns_of(pr: m.PortRule | m.PortDenyRule) -> list[m.DNSRule] | None:
+    rules = getattr(pr, "rules", None)
+    return rules.dns if rules is not None else None
 
 
 def _peers(ctx: _Ctx, r: m.Strict, path: str, name: str, deny: bool, matches_init: bool) -> tuple[Peer, ...]:
@@ -241,6 +246,17 @@ def _peers(ctx: _Ctx, r: m.Strict, path: str, name: str, deny: bool, matches_ini
         return tuple(out)
     if name in ("fromCIDRSet", "toCIDRSet"):
         return tuple(_cidr_rule(ctx, c, f"{fpath}[{i}]", deny) for i, c in enumerate(items))
+    if name == "toFQDNs":
+        if deny:
+            raise invalid(fpath, "toFQDNs is not allowed in deny rules (as in Cilium)")
+        return (
+            FQDNPeer(
+                tuple(
+                    compile_dns_match(s.matchName, s.matchPattern, f"{fpath}[{i}]")
+                    for i, s in enumerate(items)
+                )
+            ),
+        )
     what = _UNSUPPORTED_PEERS[name]
     return (_unsupported(ctx, fpath, what, deny),)
 
@@ -360,9 +376,11 @@ def _l7_check(ctx: _Ctx, pr: m.PortRule, ppath: str, egress: bool, host: bool) -
                     f"{ppath}.ports[{j}].protocol",
                     f"L7 rules apply to TCP only (not {pp.protocol or 'ANY'}), except DNS rules",
                 )
-    pending = [k for k in kinds if k != "HTTP"] + tls
+    if "HTTP" in kinds and "DNS" in kinds:
+        raise invalid(f"{ppath}.rules", "one L7 protocol per toPorts item (http or dns)")
+    pending = [k for k in kinds if k not in ("HTTP", "DNS")] + tls
     if pending:
         what = ", ".join(pending)
-        where = f"{ppath}.rules" if [k for k in kinds if k != "HTTP"] else f"{ppath}.{tls[0]}"
+        where = f"{ppath}.rules" if [k for k in kinds if k not in ("HTTP", "DNS")] else f"{ppath}.{tls[0]}"
         ctx.note(where, f"L7 rule not yet enforced ({what}): only its L3/L4 part is enforced")
     return True

@@ -6,7 +6,12 @@ reporter} and hubble_http_request_duration_seconds{method,reporter} (latency_ns 
 context taken from the response flow with source and destination inverted (so `source` is the
 client, as Hubble does). reporter is "client" for egress flows (the client's policy redirected),
 "server" for ingress, else "unknown". The deprecated http plugin counts requests on request flows
-and responses (+ duration) on response flows. dns and kafka stay empty until those parsers exist.
+and responses (+ duration) on response flows. dns counts the DNS proxy's flows as Hubble's dns
+handler does: queries on request flows {rcode "", qtypes, ips_returned ""}, responses on reply
+flows {rcode as Hubble names it ("No Error", "Query Refused"...), qtypes, ips_returned = number of
+IPs}, and one response_types count per answer record type {type, qtypes}; the context is the flow's
+own (not inverted); `query` adds the query name, `ignoreAAAA` skips AAAA questions. kafka stays
+empty until a Kafka parser exists.
 """
 
 from __future__ import annotations
@@ -45,6 +50,32 @@ def _http_rows(batch: Batch, kind: int) -> tuple[np.ndarray, list[flow_pb2.Layer
     return rows[keep], recs
 
 
+def _l7_rows(batch: Batch, part: str) -> tuple[np.ndarray, list[flow_pb2.Layer7]]:
+    """The batch's L7 rows whose record has `part` ("dns"), with the records."""
+    rows = batch.rows
+    idx = np.flatnonzero((rows["l7"] != 0) & (rows["flow_type"] == record.L7))
+    if idx.size == 0:
+        return rows[:0], []
+    keep, recs = [], []
+    for i, l7_id in zip(idx.tolist(), rows["l7"][idx].tolist(), strict=True):
+        rec = batch.tables.l7.value(l7_id)
+        if isinstance(rec, flow_pb2.Layer7) and rec.HasField(part):
+            keep.append(i)
+            recs.append(rec)
+    return rows[keep], recs
+
+
+#: Hubble's names of DNS response codes (pkg/hubble/metrics/dns)
+DNS_RCODE_NAMES = {
+    0: "No Error",
+    1: "Format Error",
+    2: "Server Failure",
+    3: "Non-Existent Domain",
+    4: "Not Implemented",
+    5: "Query Refused",
+}
+
+
 def _inverted(rows: np.ndarray) -> np.ndarray:
     out = rows.copy()
     for a, b in _SWAP:
@@ -76,6 +107,33 @@ class DnsPlugin(Plugin):
             "Number of DNS response types",
             [*ctx, "type", "qtypes", *query],
         )
+
+    def process(self, batch: Batch) -> None:
+        rows, recs = _l7_rows(batch, "dns")
+        if not recs:
+            return
+        ignore_aaaa = self.spec.has("ignoreAAAA")
+        with_query = self.spec.has("query")
+        ctx = _context_labels(self, rows, batch.tables)
+        queries: Counter[tuple[str, ...]] = Counter()
+        responses: Counter[tuple[str, ...]] = Counter()
+        types: Counter[tuple[str, ...]] = Counter()
+        for labels, reply, rec in zip(ctx, rows["is_reply"].tolist(), recs, strict=True):
+            d = rec.dns
+            if ignore_aaaa and "AAAA" in d.qtypes:
+                continue
+            qtypes = ",".join(d.qtypes)
+            q = (d.query,) if with_query else ()
+            if reply == 1:
+                rcode = DNS_RCODE_NAMES.get(d.rcode, str(d.rcode))
+                responses[(*labels, rcode, qtypes, str(len(d.ips)), *q)] += 1
+                for t in d.rrtypes:
+                    types[(*labels, t, qtypes, *q)] += 1
+            elif reply == 0:
+                queries[(*labels, "", qtypes, "", *q)] += 1
+        self.queries.add(queries.items())
+        self.responses.add(responses.items())
+        self.types.add(types.items())
 
 
 class HttpV2Plugin(Plugin):
