@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -127,6 +128,13 @@ def save_lab_logs(name: str) -> None:
         shutil.copyfile(log, target)
 
 
+def free_underlay() -> str:
+    """A random 198.18.X.0/24 that no route of the machine uses (other labs may be up)."""
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
+    used = {int(m) for m in re.findall(r"198\.18\.(\d+)\.", routes)}
+    return f"198.18.{random.choice([x for x in range(1, 251) if x not in used])}.0/24"
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces, eBPF)")
@@ -137,7 +145,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """A one-node lab per test module; a module may set LAB_UP_ARGS for extra `lab up` flags."""
     _require_root()
     name = "t" + "".join(random.choices("0123456789abcdef", k=5))
-    underlay = f"198.18.{random.randint(1, 250)}.0/24"
+    underlay = free_underlay()
     lab = Lab(name, underlay)
     try:
         extra = list(getattr(request.module, "LAB_UP_ARGS", []))

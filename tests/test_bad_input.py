@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 
-from conftest import TENDRIL, Lab, tendril
+from conftest import TENDRIL, Lab, free_underlay, tendril
 from tendril.datapath import netns
 
 
@@ -137,7 +137,7 @@ def test_bad_agent_options_are_refused_before_anything_is_created() -> None:
         (["--hubble-metrics", "flow bogus"], "unknown Hubble metrics plugin 'bogus'"),
         (["--hubble-buffer-capacity", "1000"], "power of two minus one"),
     ):
-        underlay = f"198.18.{random.randint(1, 250)}.0/24"
+        underlay = free_underlay()
         r = tendril("lab", "up", "--name", name, "--underlay", underlay, *args, check=False)
         assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not netns.list_netns(f"tnd-{name}")

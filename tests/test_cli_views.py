@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import TENDRIL, Lab, tendril
+from conftest import TENDRIL, Lab, free_underlay, tendril
 from tendril.common import paths
 from tendril.datapath import cgroup, netns
 
@@ -163,9 +163,7 @@ def test_lab_down_removes_everything() -> None:
     name = "td" + "".join(random.choices("0123456789abcdef", k=4))
     node = f"{name}-node1"
     try:
-        tendril(
-            "lab", "up", "--name", name, "--underlay", f"198.18.{random.randint(1, 250)}.0/24", timeout=120
-        )
+        tendril("lab", "up", "--name", name, "--underlay", free_underlay(), timeout=120)
         tendril("apply", "-f", "-", "--lab", name, input=PODS)
         assert netns.list_netns(f"tnd-{name}-")
         assert paths.bpf_pin_dir(node).exists()

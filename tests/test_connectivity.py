@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _require_root, save_lab_logs, tendril
+from conftest import _require_root, free_underlay, save_lab_logs, tendril
 
 BREAK_ECHO_INGRESS = """
 apiVersion: cilium.io/v2
@@ -61,13 +61,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _free_underlay() -> str:
-    """A 198.18.X.0/24 no route of the machine uses (other labs may be up)."""
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, check=True).stdout
-    used = {int(m) for m in re.findall(r"198\.18\.(\d+)\.", routes)}
-    return f"198.18.{random.choice([x for x in range(1, 251) if x not in used])}.0/24"
-
-
 class Cluster:
     def __init__(self, name: str, routing: str) -> None:
         self.name = name
@@ -90,7 +83,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     c = Cluster(name, request.param)
     try:
         tendril(
-            "lab", "up", "--name", name, "--underlay", _free_underlay(), "--nodes", "2",
+            "lab", "up", "--name", name, "--underlay", free_underlay(), "--nodes", "2",
             "--routing", request.param, "--relay-port", str(_free_port()), timeout=180,
         )  # fmt: skip
         yield c

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from conftest import Lab, _require_root, save_lab_logs, tendril, wait_for
+from conftest import Lab, _require_root, free_underlay, save_lab_logs, tendril, wait_for
 from tendril.datapath.netns import nsenter_argv
 from test_policy_integration import PROBE
 
@@ -130,7 +130,7 @@ class Cluster:
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     _require_root()
     name = "m" + "".join(random.choices("0123456789abcdef", k=5))
-    lab = Lab(name, f"198.18.{random.randint(1, 250)}.0/24")
+    lab = Lab(name, free_underlay())
     c = Cluster(lab, request.param, _free_port())
     try:
         tendril(

@@ -33,7 +33,6 @@ import ipaddress
 import os
 import secrets
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import free_underlay
 from tendril.agent.datapath import Datapath as AgentDatapath
 from tendril.bpf import BpfObject, Map, RingBufferReader, TypedMap, abi, attach_tc, create_map, test_run
 from tendril.bpf import libbpf as lb
@@ -683,27 +683,13 @@ class TwoNodes:
             n.stop()
 
 
-def _free_underlay() -> IPv4Network:
-    with netns.iproute(None) as ipr:
-        used = [
-            ipaddress.ip_network(f"{r.get('RTA_DST')}/{r['dst_len']}", strict=False)
-            for r in ipr.get_routes(family=socket.AF_INET)
-            if r.get("RTA_DST")
-        ]
-    for _ in range(100):
-        net = IPv4Network(f"198.18.{secrets.randbelow(250) + 1}.0/24")
-        if not any(net.overlaps(u) for u in used):
-            return net
-    raise AssertionError("no free 198.18.X.0/24")
-
-
 @pytest.fixture(scope="module")
 def two_nodes():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     _build()
     lab = "ov" + secrets.token_hex(3)
-    spec = topology.LabSpec(name=lab, nodes=2, underlay=_free_underlay())
+    spec = topology.LabSpec(name=lab, nodes=2, underlay=IPv4Network(free_underlay()))
     env = None
     try:
         env = TwoNodes(lab, topology.create_lab(spec))
