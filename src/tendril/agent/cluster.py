@@ -159,25 +159,16 @@ class ClusterSync:
     # ---- start-up ------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the cluster's current state (before the agent serves), publish ours, then watch."""
-        revision = 0
-        for prefix, handler in (
-            (IDS, self._on_identities),
-            (NODES, self._on_nodes),
-            (ENDPOINTS, self._on_endpoints),
-        ):
-            items, rev = self.store.list(prefix)
-            revision = max(revision, rev)
-            handler([KvEvent("put", k, v, rev) for k, v in sorted(items.items())])
-        self._initial_config()
+        handlers = {IDS: self._on_identities, NODES: self._on_nodes, ENDPOINTS: self._on_endpoints}
+        listed_at: dict[str, int] = {}  # each prefix is watched from just after its own read
+        for prefix, handler in handlers.items():
+            items, listed_at[prefix] = self.store.list(prefix)
+            handler([KvEvent("put", k, v, listed_at[prefix]) for k, v in sorted(items.items())])
+        listed_at[CONFIG] = self._initial_config()
         self._converge_sync()
         self.publish()
-        for prefix, handler in (
-            (IDS, self._on_identities),
-            (NODES, self._on_nodes),
-            (ENDPOINTS, self._on_endpoints),
-            (CONFIG, self._on_config),
-        ):
-            self._watches.append(self.store.watch(prefix, handler, start_revision=revision + 1))
+        for prefix, handler in (*handlers.items(), (CONFIG, self._on_config)):
+            self._watches.append(self.store.watch(prefix, handler, start_revision=listed_at[prefix] + 1))
         self.store.on_reconnect(self._on_reconnect)
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -504,9 +495,10 @@ class ClusterSync:
         self.config_revision = max(self.config_revision, rev)
         return rev
 
-    def _initial_config(self) -> None:
+    def _initial_config(self) -> int:
         """Union at start-up: apply what the cluster has; publish what only this node has (it was
-        applied while the kvstore was unreachable, or before this node joined a cluster store)."""
+        applied while the kvstore was unreachable, or before this node joined a cluster store).
+        Returns the revision of the read."""
         items, rev = self.store.list(CONFIG)
         self._apply_config_events([KvEvent("put", k, v, rev) for k, v in sorted(items.items())])
         for kind, name, doc in self._local_config():
@@ -514,6 +506,7 @@ class ClusterSync:
             if key not in items:
                 self.publish_config(kind, name, doc)
         self.config_revision = max(self.config_revision, rev)
+        return rev
 
     def _local_config(self) -> list[tuple[str, str, dict[str, Any]]]:
         agent = self.agent
