@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import threading
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tendril.agent.endpoints import workloads_of
+from tendril.agent.policy import host_prefix
 from tendril.common import paths
 from tendril.common.errors import TendrilError
 from tendril.identity import ReservedIdentity
@@ -342,8 +345,6 @@ class ClusterSync:
                     eps.pop(key, None)
             self.endpoints = eps
             by_ip: dict[bytes, ClusterEndpoint] = {}
-            import ipaddress
-
             for ep in eps.values():
                 by_ip[ipaddress.IPv4Address(ep.ipv4).packed + bytes(12)] = ep
                 by_ip[ipaddress.IPv6Address(ep.ipv6).packed] = ep
@@ -436,14 +437,14 @@ class ClusterSync:
                 continue
             for ip in (n.underlay_ip, n.underlay_ip6, n.router_v4, n.router_v6):
                 if ip:
-                    out[_host_prefix(ip)] = (remote_node, "")
+                    out[host_prefix(ip)] = (remote_node, "")
         for ep in self.endpoints.values():
             node = self.nodes.get(ep.node)
             if node is None:
                 continue  # its node is gone: the entries expire with it
             tunnel = node.underlay_ip if vxlan else ""
-            out[_host_prefix(ep.ipv4)] = (ep.identity, tunnel)
-            out[_host_prefix(ep.ipv6)] = (ep.identity, tunnel)
+            out[host_prefix(ep.ipv4)] = (ep.identity, tunnel)
+            out[host_prefix(ep.ipv6)] = (ep.identity, tunnel)
         return out
 
     def endpoint_by_ip(self, raw16: bytes) -> ClusterEndpoint | None:
@@ -455,17 +456,12 @@ class ClusterSync:
         ep = self._by_ip.get(raw16)
         if ep is None:
             return None
-        if ep.owner:
-            kind, _, name = ep.owner.partition("/")
-            workloads: tuple[tuple[str, str], ...] = ((name, kind),)
-        else:
-            workloads = ((ep.pod, "Pod"),)
         return EndpointMeta(
             identity=ep.identity,
             namespace=ep.namespace,
             pod_name=ep.pod,
             labels=ep.identity_labels,
-            workloads=workloads,
+            workloads=workloads_of(ep.owner, ep.pod),
         )
 
     def remote_named_ports(self, identity: int) -> dict[str, list[tuple[int, int]]]:
@@ -584,10 +580,3 @@ class ClusterSync:
 
 def policy_name(kind: str, namespace: str | None, name: str) -> str:
     return f"{kind}/{namespace or '-'}/{name}"
-
-
-def _host_prefix(ip: str) -> str:
-    import ipaddress
-
-    a = ipaddress.ip_address(ip)
-    return f"{a}/{a.max_prefixlen}"

@@ -280,6 +280,7 @@ class Agent:
             "pid": os.getpid(),
             "endpoints": len(self.state.endpoints),
             "pods": len(self.state.pods),
+            "policies": len(self.policy.repo),
             "events_read": self.pump.events_read,
             "events_lost": self.datapath.lost_events(),
             "ct_gc_runs": self.ct_gc_runs,

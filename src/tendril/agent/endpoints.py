@@ -24,11 +24,12 @@ from tendril.hubble.record import EndpointMeta, Tables
 log = logging.getLogger(__name__)
 
 
-def _workloads(ep: EndpointRecord) -> tuple[tuple[str, str], ...]:
-    if ep.owner:
-        kind, _, name = ep.owner.partition("/")
+def workloads_of(owner: str, pod: str) -> tuple[tuple[str, str], ...]:
+    """Hubble's workloads of a pod: its owner ("Deployment/<name>"), or the bare pod itself."""
+    if owner:
+        kind, _, name = owner.partition("/")
         return ((name, kind),)
-    return ((ep.pod, "Pod"),)
+    return ((pod, "Pod"),)
 
 
 _ROUTER_LL = ipaddress.IPv6Address("fe80::1").packed  # the node side of every pod veth
@@ -141,7 +142,7 @@ class EndpointManager:
             pod_name=ep.pod,
             labels=labels,
             identity=ep.identity,
-            workloads=_workloads(ep),
+            workloads=workloads_of(ep.owner, ep.pod),
         )
 
     # ---- lifecycle -----------------------------------------------------------------------------

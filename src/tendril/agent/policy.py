@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _prefix(ip: str) -> str:
+def host_prefix(ip: str) -> str:
+    """`10.1.2.3` -> `10.1.2.3/32` (`/128` for IPv6): one address as an ipcache prefix."""
     a = ipaddress.ip_address(ip)
     return f"{a}/{a.max_prefixlen}"
 
@@ -202,14 +203,14 @@ class PolicyEngine:
         host = int(ReservedIdentity.HOST)
         for ip in (self.config.router_v4, self.config.router_v6, self.config.underlay_ip):
             if ip:
-                desired[_prefix(ip)] = host
+                desired[host_prefix(ip)] = host
         local: dict[str, int] = {}  # prefix -> endpoint ID of a pod on this node (L7 redirect)
         for ep in endpoints:
             for ip in (ep.ipv4, ep.ipv6):
-                desired[_prefix(ip)] = ep.identity
-                tunnels.pop(_prefix(ip), None)
+                desired[host_prefix(ip)] = ep.identity
+                tunnels.pop(host_prefix(ip), None)
                 if ep.id < abi.POLICY_ENDPOINTS:
-                    local[_prefix(ip)] = ep.id
+                    local[host_prefix(ip)] = ep.id
         for prefix, ident in desired.items():
             tunnel = tunnels.get(prefix, "")
             ep_id = local.get(prefix, 0)

@@ -6,6 +6,7 @@ directory (/sys/fs/bpf/tendril/<node>/) so several lab nodes on one host do not 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -71,3 +72,6 @@ def remove_pins(node: str | Path, root: str | Path = TENDRIL_ROOT) -> None:
     d = Path(node) if Path(node).is_absolute() else Path(root) / node
     if d.exists():
         shutil.rmtree(d)
+    if d.parent == Path(root):
+        with contextlib.suppress(OSError):  # the last node gone: leave no empty tendril/ behind
+            d.parent.rmdir()

@@ -22,7 +22,6 @@ def _node_status(node: str) -> dict[str, Any]:
     try:
         with AgentClient(node, timeout=5.0) as c:
             st = c.get("/v1/status")
-            st["policies"] = len(c.get("/v1/policies")["policies"])
     except TendrilError as e:
         return {"node": node, "ok": False, "error": str(e)}
     cluster = st.get("cluster", {})

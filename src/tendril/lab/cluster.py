@@ -18,6 +18,7 @@ from typing import Any
 
 from tendril.agent.config import ROUTING_MODES, NodeConfig
 from tendril.bpf.bpffs import ensure_bpffs, remove_pins
+from tendril.cli.client import agent_healthy
 from tendril.common import paths
 from tendril.common.errors import TendrilError, require_root
 from tendril.common.jsonfile import read_json, write_json
@@ -42,12 +43,6 @@ def load_lab(lab: str) -> dict[str, Any] | None:
     return read_json(paths.lab_state_file(lab))
 
 
-def _agent_healthy(node: str) -> bool:
-    from tendril.cli.client import agent_healthy
-
-    return agent_healthy(node)
-
-
 def start_agent(cfg: NodeConfig, wait: float = 30.0) -> dict[str, int]:
     """Start the node's agent inside the node netns (nsenter keeps /sys/fs/bpf visible)."""
     run_dir = paths.node_run_dir(cfg.name)
@@ -62,7 +57,7 @@ def start_agent(cfg: NodeConfig, wait: float = 30.0) -> dict[str, int]:
         if proc.poll() is not None:
             tail = (run_dir / "agent.log").read_text(errors="replace").strip().splitlines()[-5:]
             raise TendrilError(f"agent for {cfg.name} exited ({proc.returncode}): " + " | ".join(tail))
-        if _agent_healthy(cfg.name):
+        if agent_healthy(cfg.name):
             return {"pid": proc.pid, "start_time": start}
         time.sleep(0.1)
     raise TendrilError(
@@ -191,7 +186,7 @@ def lab_up(
         if (
             old
             and runtime.process_alive(old["agent_pid"], old["agent_start_time"])
-            and _agent_healthy(info.name)
+            and agent_healthy(info.name)
         ):
             progress(f"node {info.name}: agent already running (pid {old['agent_pid']})")
             agent = {"pid": old["agent_pid"], "start_time": old["agent_start_time"]}
