@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""HTTP requests/s and latency through the node's L7 proxy vs. the same requests straight to the pod.
+"""HTTP requests/s and latency through the node's L7 proxy, and with proxy-free HTTP visibility, vs.
+the same requests straight to the pod.
 
 What runs (everything inside the lab's namespaces):
   * `tendril lab up --relay-port 0` creates a one-node lab (name bl<4 hex>, a random 198.18.X.0/24
@@ -14,11 +15,15 @@ What runs (everything inside the lab's namespaces):
   * Client: per run, a Python driver started in the client pod with `nsenter --net=...` forks C
     processes; each opens one keep-alive connection (http.client) and sends GET /bench/<n> in a
     blocking loop for a fixed time (at most `cap` requests), timing each request.
-  * Arms, in rotating order for R rounds: "direct" (port 8081, the baseline) and "proxy" (8080).
+  * Arms, in rotating order for R rounds: "direct" (port 8081, the baseline), "proxy" (8080) and
+    "visible" (8081 again, with `tendril config HTTPVisibility=bench` on for the run: the datapath
+    snaps every request and response start into its ring and the agent turns them into L7 flows;
+    it is switched off again after the run).
   * Per run: requests, errors, req/s, latency p50/p99 (over all requests of the run), the agent's
     CPU time. `tendril lab down` always runs at the end.
 
-It prints medians per arm and "proxy / direct" ratios. Nothing asserts on time; figures depend on
+It prints medians per arm and "proxy / direct" and "visibility on / off" ratios, with the number
+of HTTP flows visibility produced (they must match the requests). Nothing asserts on time; figures depend on
 what else the machine runs (the load average is printed).
 
     sudo .venv/bin/python benchmarks/l7_proxy.py            # about 1 minute
@@ -190,17 +195,29 @@ def main() -> None:
         tendril("apply", "-f", "-", "--lab", lab, input=POLICY)
         for port in (DIRECT, PROXIED):
             wait_http(node, server_ip, port)
-        arms = [("direct", DIRECT), ("proxy", PROXIED)]
+        arms = [("direct", DIRECT), ("proxy", PROXIED), ("visible", DIRECT)]
         results: dict[str, list[dict]] = {name: [] for name, _ in arms}
         for rnd in range(args.rounds):
-            order = arms[rnd % 2 :] + arms[: rnd % 2]
+            order = arms[rnd % 3 :] + arms[: rnd % 3]
             for name, port in order:
-                res = run_arm(lab, node, server_ip, port, args.procs, args.seconds, args.cap)
+                if name == "visible":
+                    tendril("config", f"HTTPVisibility={NS}", "--lab", lab)
+                    before = agent_get(node, "/v1/proxy")["visibility"]
+                try:
+                    res = run_arm(lab, node, server_ip, port, args.procs, args.seconds, args.cap)
+                finally:
+                    if name == "visible":
+                        tendril("config", "HTTPVisibility=none", "--lab", lab)
+                if name == "visible":
+                    time.sleep(0.3)  # the last snaps reach the agent
+                    after = agent_get(node, "/v1/proxy")["visibility"]
+                    res["flows"] = after["responses"] - before["responses"]
                 results[name].append(res)
                 print(
                     f"round {rnd + 1} {name:7s}: {res['rps']:8.0f} req/s  p50 {res['p50'] / 1000:6.2f} ms  "
                     f"p99 {res['p99'] / 1000:6.2f} ms  errors {res['errors']}  "
                     f"agent CPU {res['agent_cpu']:.2f} s"
+                    + (f"  http flows {res['flows']} (x2 endpoints)" if "flows" in res else "")
                 )
         med = {
             name: {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "agent_cpu")}
@@ -216,6 +233,13 @@ def main() -> None:
         print(
             f"proxy / direct: req/s {p['rps'] / d['rps']:.2f}x, "
             f"p50 latency {p['p50'] / max(d['p50'], 1):.2f}x, p99 latency {p['p99'] / max(d['p99'], 1):.2f}x"
+        )
+        v = med["visible"]
+        print(
+            f"visibility on / off: req/s {v['rps'] / d['rps']:.2f}x, "
+            f"p50 latency {v['p50'] / max(d['p50'], 1):.2f}x, "
+            f"p99 latency {v['p99'] / max(d['p99'], 1):.2f}x, "
+            f"agent CPU {v['agent_cpu']:.2f} vs {d['agent_cpu']:.2f} s/run"
         )
         print(f"proxy counters: {agent_get(node, '/v1/proxy')}")
     finally:

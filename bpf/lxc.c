@@ -29,6 +29,9 @@
  * L7 (proxy.h): tnd_from_container hands a TCP connection an L7 rule covers (its own egress rule,
  * or the ingress rule of a destination pod on this node) to the node's proxy with bpf_sk_assign,
  * reported at TO_PROXY; tnd_to_container reports what the proxy sends at FROM_PROXY.
+ *
+ * HTTP visibility (visibility.h): on an endpoint that opted in, the start of each HTTP/1.x message
+ * that is forwarded without the proxy is copied to tnd_payloads for the agent's L7 flows.
  */
 #include "common.h"
 #include "maps.h"
@@ -40,6 +43,7 @@
 #include "lb.h"
 #include "overlay.h"
 #include "proxy.h"
+#include "visibility.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -50,7 +54,7 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	struct tnd_pkt p = {};
 	__u32 redirect = 0;
 	__be16 proxy_port;
-	int reason, ret;
+	int from_proxy, reason, ret;
 
 	/* 1. Ours? Packets of other interfaces pass untouched. */
 	ep = tnd_endpoint_lookup(skb->ifindex);
@@ -58,6 +62,8 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		return TC_ACT_OK;
 	tnd_pkt_init(&p, skb, ep);
 	settings = tnd_settings_get();
+	/* Read once: the proxy's own packets are reported at from-proxy and never snapped. */
+	from_proxy = h->obs_point == TND_TRACE_TO_LXC && tnd_proxy_sent(skb);
 	/* From another node through the overlay: the source identity is the one its VNI carried. */
 	if (h->obs_point == TND_TRACE_TO_LXC)
 		p.remote_id = tnd_overlay_take_mark(skb);
@@ -100,6 +106,11 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 		}
 	}
 
+	/* 6c. Proxy-free HTTP visibility, if the endpoint opted in (visibility.h); not for what the
+	 * proxy sends, which it reports itself. */
+	if (!from_proxy)
+		tnd_http_snap(skb, &p, ep, h);
+
 	/* 7. A NodePort reply: source back to the frontend (lb.h). */
 	if (h->obs_point == TND_TRACE_FROM_LXC && p.ct_state == TND_CT_REPLY) {
 		ret = tnd_lb_rev_nat(skb, &p, &redirect);
@@ -123,7 +134,7 @@ static __always_inline int tnd_lxc(struct __sk_buff *skb, const struct tnd_hook 
 	}
 
 	/* 9. Count, trace as the level says, forward. What the proxy sends is reported at from-proxy. */
-	if (h->obs_point == TND_TRACE_TO_LXC && tnd_proxy_sent(skb))
+	if (from_proxy)
 		return tnd_forward_at(skb, &p, h, settings.trace_level, TND_TRACE_FROM_PROXY);
 	ret = tnd_forward(skb, &p, h, settings.trace_level);
 	if (redirect)

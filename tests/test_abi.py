@@ -130,6 +130,8 @@ _MODULE_CONSTANTS = {
     "TND_MARK_MAGIC_TO_PROXY",
     "TND_MARK_MAGIC_FROM_PROXY",
     "TND_PROXY_ROUTE_TABLE",
+    "TND_EPF_HTTP_VISIBILITY",
+    "TND_SNAP_LEN",
 }
 
 
@@ -172,6 +174,8 @@ def test_names_and_dtypes():
     assert abi.MAP_NAMES == {
         "events": "tnd_events",
         "lost": "tnd_lost",
+        "payloads": "tnd_payloads",
+        "payloads_lost": "tnd_payloads_lost",
         "ct": "tnd_ct",
         "metrics": "tnd_metrics",
         "endpoints": "tnd_endpoints",
@@ -192,6 +196,7 @@ def test_names_and_dtypes():
     assert abi.metrics_index(abi.DropReason.POLICY_DENIED, abi.MetricDirection.EGRESS) == 133 * 4 + 2
     # ring buffer record for the event: 8-byte header + payload, already 8-aligned
     assert (abi.EVENT_DTYPE.itemsize + 8) % 8 == 0
+    assert (abi.PAYLOAD_DTYPE.itemsize + 8) % 8 == 0
 
 
 def test_new_struct_fields_and_byte_order():

@@ -109,6 +109,9 @@ struct tnd_pkt {
 	__u8  pad;
 	__be16 proxy_port;  /* L7 redirect wanted by the policy (proxy.h); 0 = none */
 	__u32 remote_id;    /* peer identity; 0 = not looked up yet */
+	__u32 tcp_seq;      /* TCP: sequence number, host order  */
+	__u16 payload_off;  /* TCP: offset of the payload in skb */
+	__u16 pad2;
 };
 
 /*

@@ -30,6 +30,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tnd_lost SEC(".maps");
 
+/* HTTP visibility snaps (struct tnd_payload, visibility.h): a ring of their own, so the
+ * flow events keep one fixed record size and a burst of snaps cannot crowd flows out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1U << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_payloads SEC(".maps");
+
+/* Snaps that did not fit in tnd_payloads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_payloads_lost SEC(".maps");
+
 /* Conntrack. LRU so a full table evicts the coldest flow instead of
  * refusing new ones; the agent's GC deletes entries past expires_ns. */
 struct {

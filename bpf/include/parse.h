@@ -296,6 +296,8 @@ static __always_inline int tnd_parse_l4(struct __sk_buff *skb, __u32 off, struct
 		t->sport = bpf_ntohs(th.source);
 		t->dport = bpf_ntohs(th.dest);
 		p->tcp_flags = ((__u8 *)&th)[13];
+		p->tcp_seq = bpf_ntohl(th.seq);
+		p->payload_off = off + (((__u8 *)&th)[12] >> 4) * 4;
 		return 0;
 	}
 	case IPPROTO_UDP:

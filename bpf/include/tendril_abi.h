@@ -154,10 +154,39 @@ struct tnd_event {
 	__u8  daddr[16];
 };
 
+/* tnd_endpoint_info.flags */
+#define TND_EPF_HTTP_VISIBILITY 0x0001  /* snap HTTP/1.x message starts (visibility.h) */
+
+/*
+ * One tnd_payloads record (visibility.h): the first TND_SNAP_LEN bytes of a
+ * TCP segment whose payload starts like an HTTP/1.x request or status line,
+ * seen on an endpoint with TND_EPF_HTTP_VISIBILITY. Fixed size (192 + 8 =
+ * 200) so the agent decodes batches as one numpy array; bytes past cap_len
+ * are undefined. Addresses and ports as in struct tnd_event.
+ */
+#define TND_SNAP_LEN 128
+
+struct tnd_payload {
+	__u64 ts_ns;        /* bpf_ktime_get_ns()                        */
+	__u16 ep_id;        /* endpoint whose veth saw it                */
+	__u16 flags;        /* TND_EVF_INGRESS: entering the pod         */
+	__u8  ip_version;
+	__u8  pad;
+	__u16 cap_len;      /* valid bytes in data                       */
+	__u16 sport;
+	__u16 dport;
+	__u32 remote_id;    /* peer identity                             */
+	__u32 seq;          /* TCP sequence number (host order)          */
+	__u32 payload_len;  /* TCP payload bytes in this skb             */
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u8  data[TND_SNAP_LEN];
+};
+
 /* Endpoint table, keyed by the host-side veth ifindex. */
 struct tnd_endpoint_info {
 	__u16 ep_id;
-	__u16 flags;        /* reserved */
+	__u16 flags;        /* TND_EPF_*                                 */
 	__u32 identity;     /* the endpoint's own security identity */
 	__u8  ipv4[4];      /* the pod's IPv4 (network order), 0 if none */
 	__u8  pad1[4];

@@ -98,6 +98,10 @@ class Agent:
         self.pump.sinks.append(lambda rows: self._poll_kernel_lost())
         self._kernel_lost_seen = self.datapath.lost_events()  # losses before this agent are history
         self._setup_proxy(node_id)
+        from tendril.agent.visibility import HttpVisibilityPump
+        from tendril.proxy.flows import L7FlowWriter
+
+        self.visibility = HttpVisibilityPump(self, L7FlowWriter(self.tables, node_id, self.pump.publish))
         from tendril.agent.observability import Observability
 
         self.observability = Observability(self)
@@ -157,6 +161,7 @@ class Agent:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.pump.start(loop)
+        self.visibility.start(loop)
         if self.proxy is not None:
             await self.proxy.start()
         if self.dns_proxy is not None:
@@ -192,6 +197,7 @@ class Agent:
         publish_task.cancel()
         self.cluster.close()
         self.pump.stop(loop)
+        self.visibility.stop(loop)
         self.datapath.close()
 
     async def _start_observer(self):  # noqa: ANN202 - grpc.aio.Server
@@ -301,11 +307,20 @@ class Agent:
         }
 
     def proxy_status(self) -> dict[str, Any]:
-        """The L7 proxy: port, counters, and how many policy entries redirect to it."""
+        """The L7 proxy: port, counters, and how many policy entries redirect to it; and the
+        proxy-free HTTP visibility's counters."""
         if self.proxy is None:
-            return {"port": 0, "connections": 0, "refused": 0, "requests": {}, "redirects": 0}
+            return {
+                "port": 0,
+                "connections": 0,
+                "refused": 0,
+                "requests": {},
+                "redirects": 0,
+                "visibility": self.visibility.stats(),
+            }
         st = self.proxy.stats
         return {
+            "visibility": self.visibility.stats(),
             "port": self.proxy.port,
             "connections": st.connections,
             "refused": st.refused,
@@ -335,6 +350,7 @@ class Agent:
             "MonitorAggregationLevel": self.config.trace_level,
             "PolicyAuditMode": "Enabled" if self.state.policy_audit else "Disabled",
             "PolicyEnforcement": "default",
+            "HTTPVisibility": ",".join(self.state.http_visibility_namespaces) or "none",
             "SourceIPVerification": "Enabled",
         }
 
@@ -345,9 +361,18 @@ class Agent:
         audit = body.get("policy_audit")
         if audit is not None and not isinstance(audit, bool):
             raise InvalidInputError("PolicyAuditMode must be Enabled or Disabled")
+        visibility = body.get("http_visibility")
+        if visibility is not None:
+            from tendril.agent.visibility import parse_namespaces
+
+            visibility = parse_namespaces(str(visibility))  # checked before anything changes
         if level is not None:
             self.config.trace_level = level
             self.config.save()
+        if visibility is not None:
+            self.state.http_visibility_namespaces = visibility
+            self.state.save()
+            self.endpoints.refresh_flags()
         if audit is not None:
             self.state.policy_audit = audit
             self.state.save()

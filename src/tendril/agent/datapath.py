@@ -82,6 +82,8 @@ class Datapath:
             self.settings.update(np.uint32(0), np.frombuffer(bytes(raw), abi.SETTINGS_DTYPE)[0])
         self.lost = TypedMap(obj.map("tnd_lost"), U32, np.dtype("<u8"))
         self.events_map: Map = obj.map("tnd_events")
+        self.payloads_map: Map = obj.map(abi.MAP_PAYLOADS)
+        self.payloads_lost = TypedMap(obj.map(abi.MAP_PAYLOADS_LOST), U32, np.dtype("<u8"))
 
     def _retire_stale_settings_pin(self) -> bytes | None:
         """A tnd_settings pinned by an older datapath with another value layout cannot be reused (libbpf
@@ -226,12 +228,13 @@ class Datapath:
         return self.link_dir / f"{ifname}-{direction}"
 
     def attach_endpoint(
-        self, ifindex: int, ifname: str, ep_id: int, ipv4: str, ipv6: str, identity: int = 5
+        self, ifindex: int, ifname: str, ep_id: int, ipv4: str, ipv6: str, identity: int = 5, flags: int = 0
     ) -> None:
         """Register the endpoint in the map first, then attach (or re-point) both programs."""
         assert self.obj is not None
         info = np.zeros((), dtype=abi.ENDPOINT_INFO_DTYPE)
         info["ep_id"] = ep_id
+        info["flags"] = flags
         info["identity"] = identity
         info["ipv4"] = np.frombuffer(ipaddress.IPv4Address(ipv4).packed, dtype=np.uint8)
         info["ipv6"] = np.frombuffer(ipaddress.IPv6Address(ipv6).packed, dtype=np.uint8)
@@ -244,10 +247,17 @@ class Datapath:
             link.close()
 
     def set_endpoint_identity(self, ifindex: int, identity: int) -> None:
+        self._set_endpoint_field(ifindex, "identity", identity)
+
+    def set_endpoint_flags(self, ifindex: int, flags: int) -> None:
+        """abi.EPF_* bits (HTTP visibility); the programs see them on the next packet."""
+        self._set_endpoint_field(ifindex, "flags", flags)
+
+    def _set_endpoint_field(self, ifindex: int, field: str, value: int) -> None:
         info = self.endpoints.lookup(np.uint32(ifindex))
-        if info is not None and int(info["identity"]) != identity:
+        if info is not None and int(info[field]) != value:
             info = info.copy()
-            info["identity"] = identity
+            info[field] = value
             self.endpoints.update(np.uint32(ifindex), info)
 
     def detach_endpoint(self, ifindex: int, ifname: str) -> None:
@@ -304,5 +314,9 @@ class Datapath:
         return out
 
     def lost_events(self) -> int:
-        v = self.lost.lookup(np.uint32(0))
-        return int(np.sum(v)) if v is not None else 0
+        """Records neither ring could take: flow events and HTTP visibility snaps."""
+        total = 0
+        for m in (self.lost, self.payloads_lost):
+            v = m.lookup(np.uint32(0))
+            total += int(np.sum(v)) if v is not None else 0
+        return total

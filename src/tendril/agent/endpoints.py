@@ -16,6 +16,7 @@ import numpy as np
 from tendril.agent.config import NodeConfig
 from tendril.agent.datapath import Datapath
 from tendril.agent.state import EndpointRecord, NodeState
+from tendril.agent.visibility import endpoint_flags
 from tendril.common.errors import NotFoundError
 from tendril.datapath import cgroup, podnet
 from tendril.endpoint.ipam import IPAM
@@ -221,8 +222,18 @@ class EndpointManager:
         if new and self.policy is not None:
             # identity, policy map and ipcache exist before the programs see the pod's first packet
             self.policy.sync(pending=ep)
-        self.datapath.attach_endpoint(ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6, ep.identity)
+        flags = endpoint_flags(self.state, ep.namespace, ep.pod)
+        self.datapath.attach_endpoint(
+            ep.host_ifindex, ep.host_ifname, ep.id, ep.ipv4, ep.ipv6, ep.identity, flags
+        )
         self.datapath.register_cgroup(ep.cgroup, ep.id)
+
+    def refresh_flags(self) -> None:
+        """Pod annotations or the namespace list changed: every endpoint's EPF_* bits follow."""
+        for ep in self.state.endpoints.values():
+            self.datapath.set_endpoint_flags(
+                ep.host_ifindex, endpoint_flags(self.state, ep.namespace, ep.pod)
+            )
 
     def restore(self) -> list[str]:
         """Re-assert every recorded endpoint; returns the keys that could not be restored."""

@@ -28,24 +28,26 @@ def wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-class EventPump:
-    def __init__(
-        self, reader: RingBufferReader, ring: FlowRing, node_id: int, resolver: Resolver, batch: int = 16384
-    ) -> None:
+class RingPump:
+    """Drains one BPF ring buffer on the agent's loop and hands each batch to ``handle``.
+
+    Wake-ups are coalesced: handling has a fixed cost per batch (~0.2 ms to parse flows), so at high
+    event rates draining on every ring readiness would spend a core on tiny batches. After a wake-up
+    the reader sleeps ``coalesce_s``, then drains everything that arrived meanwhile in one batch; a
+    slow timer is the safety net for a missed wake-up.
+    """
+
+    coalesce_s = 0.005
+
+    def __init__(self, reader: RingBufferReader, batch: int = 16384) -> None:
         self.reader = reader
-        self.ring = ring
-        self.node_id = node_id
-        self.resolver = resolver
         self.batch = batch
-        self.sinks: list[BatchSink] = []
         self.events_read = 0
         self.parse_errors = 0
         self._task: asyncio.Task[None] | None = None
 
-    # Wake-ups are coalesced: parsing has a fixed cost per batch (~0.2 ms), so at high event rates
-    # draining on every ring readiness would spend a core on tiny batches. After a wake-up the
-    # reader sleeps `coalesce_s`, then drains everything that arrived meanwhile in one batch.
-    coalesce_s = 0.005
+    def handle(self, records: np.ndarray) -> None:
+        raise NotImplementedError
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -73,15 +75,6 @@ class EventPump:
             await asyncio.sleep(0.1)
             self.drain()
 
-    def publish(self, rows: np.ndarray) -> None:
-        """Rows into the store and to every consumer (datapath events, and the L7 proxy's flows)."""
-        self.ring.append(rows)
-        for sink in self.sinks:
-            try:
-                sink(rows)
-            except Exception:  # a consumer's bug must not stop the pipeline
-                log.exception("flow sink %r failed", sink)
-
     def drain(self) -> int:
         total = 0
         while True:
@@ -90,13 +83,36 @@ class EventPump:
                 break
             total += len(records)
             try:
-                rows = parse_events(records, self.node_id, self.resolver, wall_offset_ns())
+                self.handle(records)
             except Exception:  # a parser bug must cost these events, not the whole pipeline
-                log.exception("parsing %d events failed; they are counted as lost", len(records))
+                log.exception("handling %d records failed; they are counted as lost", len(records))
                 self.parse_errors += len(records)
-                continue
-            self.publish(rows)
             if len(records) < self.batch:
                 break  # the ring was drained; what trickles in meanwhile waits for the next wake-up
         self.events_read += total
         return total
+
+
+class EventPump(RingPump):
+    """Flow events: parsed once into rows, appended to the store, handed to every consumer."""
+
+    def __init__(
+        self, reader: RingBufferReader, ring: FlowRing, node_id: int, resolver: Resolver, batch: int = 16384
+    ) -> None:
+        super().__init__(reader, batch)
+        self.ring = ring
+        self.node_id = node_id
+        self.resolver = resolver
+        self.sinks: list[BatchSink] = []
+
+    def handle(self, records: np.ndarray) -> None:
+        self.publish(parse_events(records, self.node_id, self.resolver, wall_offset_ns()))
+
+    def publish(self, rows: np.ndarray) -> None:
+        """Rows into the store and to every consumer (datapath events, and the L7 proxy's flows)."""
+        self.ring.append(rows)
+        for sink in self.sinks:
+            try:
+                sink(rows)
+            except Exception:  # a consumer's bug must not stop the pipeline
+                log.exception("flow sink %r failed", sink)

@@ -20,6 +20,7 @@ from tendril.agent.config import NodeConfig
 from tendril.agent.endpoints import EndpointManager
 from tendril.agent.policy import named_ports_of
 from tendril.agent.state import NodeState, PodRecord, ProcessRecord
+from tendril.agent.visibility import annotation_choice
 from tendril.common import paths
 from tendril.common.errors import InvalidInputError, NotFoundError
 from tendril.lab import runtime
@@ -86,6 +87,7 @@ class PodManager:
         """Create or update a pod; returns "created", "configured" or "unchanged"."""
         if namespace not in self.state.namespaces:
             raise InvalidInputError(f'namespaces "{namespace}" not found')
+        annotation_choice(annotations, f"pod {namespace}/{name}")  # checked before anything changes
         h = spec_hash(labels, annotations, containers)
         key = f"{namespace}/{name}"
         existing = self.state.pods.get(key)
@@ -97,6 +99,7 @@ class PodManager:
             # processes and connections keep running; its identity and service membership follow).
             existing.labels, existing.annotations, existing.spec_hash = dict(labels), dict(annotations), h
             self.endpoints.relabel(namespace, name, labels)
+            self.endpoints.refresh_flags()
             self.state.save()
             return "configured"
         outcome = "configured" if existing is not None else "created"
@@ -114,6 +117,7 @@ class PodManager:
             created=existing.created if existing else time.time(),
         )
         self.state.pods[key] = pod
+        self.endpoints.refresh_flags()  # the annotation is known now, before the pod's first packet
         self._start_processes(pod, ep.netns, ep.cgroup, ep.ipv4)
         self.state.save()
         return outcome

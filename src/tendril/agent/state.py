@@ -73,6 +73,7 @@ class NodeState:
     identities: dict[str, Any] = field(default_factory=dict)  # IdentityAllocator.to_dict()
     policies: dict[str, Any] = field(default_factory=dict)  # PolicyRepository.to_dict()
     policy_audit: bool = False
+    http_visibility_namespaces: list[str] = field(default_factory=list)  # `tendril config HTTPVisibility`
     services: dict[str, Any] = field(default_factory=dict)  # ServiceManager.to_dict()
 
     def save(self) -> None:
@@ -97,6 +98,7 @@ class NodeState:
             identities=data.get("identities", {}),
             policies=data.get("policies", {}),
             policy_audit=data.get("policy_audit", False),
+            http_visibility_namespaces=data.get("http_visibility_namespaces", []),
             services=data.get("services", {}),
         )
 

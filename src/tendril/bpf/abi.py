@@ -300,6 +300,29 @@ EVENT_DTYPE = _struct(
     72,  # ring record 80 with its header; tests/test_abi.py checks it against BTF
 )
 
+SNAP_LEN = 128  # TND_SNAP_LEN
+PAYLOAD_DTYPE = _struct(
+    [
+        ("ts_ns", "u8"),
+        ("ep_id", "u2"),
+        ("flags", "u2"),  # EventFlags.INGRESS: entering the pod
+        ("ip_version", "u1"),
+        ("pad", "u1"),
+        ("cap_len", "u2"),
+        ("sport", "u2"),
+        ("dport", "u2"),
+        ("remote_id", "u4"),
+        ("seq", "u4"),
+        ("payload_len", "u4"),
+        ("saddr", ("u1", 16)),
+        ("daddr", ("u1", 16)),
+        ("data", ("u1", SNAP_LEN)),
+    ],
+    192,  # ring record 200 with its header
+)
+
+EPF_HTTP_VISIBILITY = 0x0001  # tnd_endpoint_info.flags: snap HTTP/1.x message starts
+
 ENDPOINT_KEY_DTYPE = np.dtype("u4")  # host-side veth ifindex
 
 ENDPOINT_INFO_DTYPE = _struct(
@@ -478,6 +501,7 @@ LB_MAGLEV_KEY_DTYPE = np.dtype("u2")  # rev_nat_id -> inner ARRAY u32 index -> u
 # C struct name -> dtype, used by tests/test_abi.py to compare with BTF.
 C_STRUCTS: dict[str, np.dtype] = {
     "tnd_event": EVENT_DTYPE,
+    "tnd_payload": PAYLOAD_DTYPE,
     "tnd_endpoint_info": ENDPOINT_INFO_DTYPE,
     "tnd_ct_key": CT_KEY_DTYPE,
     "tnd_ct_value": CT_VALUE_DTYPE,
@@ -504,6 +528,8 @@ C_STRUCTS: dict[str, np.dtype] = {
 
 MAP_EVENTS = "tnd_events"  # ringbuf of struct tnd_event
 MAP_LOST = "tnd_lost"  # per-CPU array, 1 entry, u64
+MAP_PAYLOADS = "tnd_payloads"  # ringbuf of struct tnd_payload (HTTP visibility snaps)
+MAP_PAYLOADS_LOST = "tnd_payloads_lost"  # per-CPU array, 1 entry, u64
 MAP_CT = "tnd_ct"  # LRU hash tnd_ct_key -> tnd_ct_value
 MAP_METRICS = "tnd_metrics"  # per-CPU array[METRICS_ENTRIES] of tnd_metrics_value
 MAP_ENDPOINTS = "tnd_endpoints"  # hash u32 ifindex -> tnd_endpoint_info
@@ -522,6 +548,8 @@ MAP_LB_CGROUPS = "tnd_lb_cgroups"  # hash u64 cgroup id -> tnd_lb_cgroup (agent)
 MAP_NAMES: dict[str, str] = {
     "events": MAP_EVENTS,
     "lost": MAP_LOST,
+    "payloads": MAP_PAYLOADS,
+    "payloads_lost": MAP_PAYLOADS_LOST,
     "ct": MAP_CT,
     "metrics": MAP_METRICS,
     "endpoints": MAP_ENDPOINTS,
@@ -541,6 +569,7 @@ MAP_NAMES: dict[str, str] = {
 # map name -> (key dtype, value dtype); the ring buffer has no key/value (records are EVENT_DTYPE).
 MAP_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     MAP_LOST: (LOST_KEY_DTYPE, LOST_VALUE_DTYPE),
+    MAP_PAYLOADS_LOST: (LOST_KEY_DTYPE, LOST_VALUE_DTYPE),
     MAP_CT: (CT_KEY_DTYPE, CT_VALUE_DTYPE),
     MAP_METRICS: (METRICS_KEY_DTYPE, METRICS_VALUE_DTYPE),
     MAP_ENDPOINTS: (ENDPOINT_KEY_DTYPE, ENDPOINT_INFO_DTYPE),

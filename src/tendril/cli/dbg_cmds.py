@@ -242,7 +242,8 @@ def monitor(etype: str | None, related_to: int | None, output: str, node: str | 
 def config(settings: tuple[str, ...], node: str | None, lab: str) -> None:
     """Show or change runtime options.
 
-    MonitorAggregationLevel=none|medium|maximum, PolicyAuditMode=Enabled|Disabled.
+    MonitorAggregationLevel=none|medium|maximum, PolicyAuditMode=Enabled|Disabled,
+    HTTPVisibility=NS[,NS...]|none (proxy-free HTTP flows for pods of these namespaces).
     """
     aliases = {
         "none": "all",
@@ -265,9 +266,12 @@ def config(settings: tuple[str, ...], node: str | None, lab: str) -> None:
                     if flag is None:
                         raise InvalidInputError(f"PolicyAuditMode={value!r}: use Enabled or Disabled")
                     c.put("/v1/config", {"policy_audit": flag})
+                elif key == "HTTPVisibility":
+                    c.put("/v1/config", {"http_visibility": value})
                 else:
                     raise InvalidInputError(
-                        f"unknown option {key!r} (supported: MonitorAggregationLevel, PolicyAuditMode)"
+                        f"unknown option {key!r} "
+                        "(supported: MonitorAggregationLevel, PolicyAuditMode, HTTPVisibility)"
                     )
             cfg = c.get("/v1/config")
         click.echo(f"##### {n} #####")

@@ -21,6 +21,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+def _check_annotations(v: dict[str, str]) -> dict[str, str]:
+    """Annotations Tendril reads are checked at parse time, so a bad value applies nothing."""
+    from tendril.agent.visibility import ANNOTATION, annotation_choice
+
+    try:
+        annotation_choice(v)
+    except InvalidInputError:
+        raise ValueError(f'{ANNOTATION}: {v[ANNOTATION]!r} is not "true" or "false"') from None
+    return v
+
+
 class ObjectMeta(_Strict):
     name: str
     namespace: str | None = None
@@ -29,11 +40,14 @@ class ObjectMeta(_Strict):
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
     _namespace = field_validator("namespace")(classmethod(lambda cls, v: check_namespace(v)))
+    _annotations = field_validator("annotations")(classmethod(lambda cls, v: _check_annotations(v)))
 
 
 class TemplateMeta(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    _annotations = field_validator("annotations")(classmethod(lambda cls, v: _check_annotations(v)))
 
 
 class EnvVar(_Strict):

@@ -31,7 +31,7 @@ import h11
 
 from tendril.hubble import record as rec
 from tendril.proxy.decide import ConnectionContext, ProxyPolicy
-from tendril.proxy.flows import L7FlowWriter
+from tendril.proxy.flows import L7FlowWriter, authority, http_url
 from tendril.proxy.redirect import transparent_listener, upstream_socket
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,7 @@ class HTTPProxy:
         method, target = _text(req.method), _text(req.target)
         headers = [(_text(k), _text(v)) for k, v in req.headers.raw_items()]
         host = next((v for k, v in headers if k.lower() == "host"), "")
-        authority = host or _authority(ctx)
-        url = target if target.startswith(("http://", "https://")) else f"http://{authority}{target}"
+        url = http_url(ctx, target, host)
         protocol = f"HTTP/{_text(req.http_version)}"
         allowed = ctx.allows(method, target, host, headers)
         verdict = rec.FORWARDED if allowed else rec.DROPPED
@@ -219,7 +218,7 @@ class HTTPProxy:
                 return None
         out_headers = list(req.headers.raw_items())
         if not host:
-            out_headers.append((b"Host", authority.encode()))
+            out_headers.append((b"Host", authority(ctx).encode()))
         upstream.send(h11.Request(method=req.method, target=req.target, headers=out_headers))
         while True:  # the request body
             ev = await client.next_event()
@@ -300,8 +299,3 @@ class HTTPProxy:
                     h11.EndOfMessage(),
                 )
                 await client.flush()
-
-
-def _authority(ctx: ConnectionContext) -> str:
-    host = f"[{ctx.dst_ip}]" if ctx.dst_ip.version == 6 else str(ctx.dst_ip)
-    return f"{host}:{ctx.dst_port}"
