@@ -44,7 +44,6 @@ SKIPPED = {  # the families the lab cannot run, and why
     "client-egress-l7-set-header": "L7 proxy without header rewriting yet (issue 8)",
     "echo-ingress-auth-always-fail": NO_AUTH,
     "echo-ingress-mutual-auth-spiffe": NO_AUTH,
-    "to-fqdns": "DNS proxy not available yet (issue 8)",
 }
 L7_TESTS = (
     "echo-ingress-l7",
@@ -163,6 +162,7 @@ def test_full_suite_passes(cluster: Cluster, tmp_path: Path) -> None:
     assert by_id["dns-only/pod-to-dns/dns-lookup-0"]["result"]["exit_code"] == 0
     assert by_id["dns-only/pod-to-world/http-to-world-0"]["result"]["exit_code"] == 28
     _check_l7(by_id, cluster)
+    _check_fqdns(by_id, cluster)
     # the metrics check saw the forward counters grow
     m = by_id["allow-all-with-metrics-check/pod-to-pod/curl-ipv4-1"]["metrics"]
     assert all(v["after"] > v["before"] for v in m.values()) and len(m) == 2
@@ -234,6 +234,28 @@ def _check_l7(by_id: dict[str, dict], cluster: Cluster) -> None:
     assert {(f["drop_reason"], f["direction"], f["node"]) for f in _drop_flows(egress_drop)} == {
         ("POLICY_DENIED", "EGRESS", node1)
     }
+
+
+def _check_fqdns(by_id: dict[str, dict], cluster: Cluster) -> None:
+    """to-fqdns: every name is resolved through the DNS proxy of the client's node; the policy's
+    name on port 80 is reached through the L7 proxy, its port 443 and another name are denied."""
+    node1 = cluster.nodes[0]
+    for i in (0, 1):
+        ok = by_id[f"to-fqdns/pod-to-world/http-to-world-{i}"]
+        assert ok["destination"]["address"] == "world.lab.test." and ok["result"]["http_code"] == 200
+        assert {f["verdict"] for f in _l7_flows(ok, "RESPONSE")} == {"FORWARDED"}
+        assert any(f["l7"]["dns_query"] == "world.lab.test." for f in _l7_flows(ok, "REQUEST"))
+        assert any(f["l7"]["http_code"] == 200 for f in _l7_flows(ok, "RESPONSE"))
+        for aid in (
+            f"to-fqdns/pod-to-world/http-to-world-443-{i}",
+            f"to-fqdns/pod-to-world-2/http-to-world-other-{i}",
+        ):
+            a = by_id[aid]
+            assert a["result"]["exit_code"] == 28, aid
+            assert any(f.get("l7", {}).get("dns_query") for f in a["flows"]["flows"]), aid
+            assert {(f["drop_reason"], f["direction"], f["node"]) for f in _drop_flows(a)} == {
+                ("POLICY_DENIED", "EGRESS", node1)
+            }, aid
 
 
 def test_broken_cluster_is_reported_and_cleaned_up(cluster: Cluster) -> None:

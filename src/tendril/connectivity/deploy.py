@@ -3,8 +3,9 @@
 Like cilium-cli, the deployment is one namespace (`tendril-test`) with two clients and two echo
 servers (one on the clients' node, one on another node), ClusterIP services for the echo
 servers, one NodePort service, and an external HTTP server: here `tendril workload http-echo` in
-the lab's world namespace, which answers every 203.0.113.0/24 address. Everything goes through
-the agents' REST API, as `tendril apply` does; creating again what exists changes nothing.
+the lab's world namespace, which answers every 203.0.113.0/24 address, with world names in the
+cluster DNS for the run (cilium-cli's one.one.one.one). Everything goes through the agents' REST
+API, as `tendril apply` does; creating again what exists changes nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ ECHO_PORT = 8080
 EXTERNAL_CIDR = "203.0.113.0/24"  # the lab world (documentation range), stands in for the internet
 EXTERNAL_IP = "203.0.113.10"  # cilium-cli's ExternalTarget / ExternalIP (one.one.one.one, 1.1.1.1)
 EXTERNAL_OTHER_IP = "203.0.113.11"  # cilium-cli's ExternalOtherIP (1.0.0.1)
+EXTERNAL_TARGET = "world.lab.test."  # cilium-cli's ExternalTarget (one.one.one.one.): EXTERNAL_IP
+EXTERNAL_OTHER_TARGET = "other.world.lab.test."  # cilium-cli's cilium.io: EXTERNAL_OTHER_IP
+# the cluster DNS's extra names (dns-hosts.json beside each node's records) while the world runs
+WORLD_HOSTS = [
+    {"name": EXTERNAL_TARGET.rstrip("."), "ips": [EXTERNAL_IP]},
+    {"name": "*." + EXTERNAL_TARGET.rstrip("."), "ips": [EXTERNAL_OTHER_IP]},
+]
 WORLD_PORTS = (80, 443)  # plain HTTP on both: the lab has no TLS server
 KUBE_DNS = ("kube-system", "kube-dns")
 NODEPORT_SERVICE = "echo-nodeport"
@@ -98,17 +106,20 @@ def load_lab(name: str) -> Lab:
 
 
 class World:
-    """`tendril workload http-echo` on WORLD_PORTS in the lab's world namespace, for the run only.
+    """`tendril workload http-echo` on WORLD_PORTS in the lab's world namespace, and WORLD_HOSTS
+    in the cluster DNS, for the run only.
 
     The processes are ours: started here, in their own session (a Ctrl-C on the terminal reaches
     them only through stop()), and stopped by pid. Their pids and start times are recorded next to
-    the lab record, so servers left by a run that was killed are stopped by the next run."""
+    the lab record, so servers left by a run that was killed are stopped by the next run. The
+    names are added to each node's dns-hosts.json (other entries stay) and removed by stop()."""
 
-    def __init__(self, lab: str) -> None:
+    def __init__(self, lab: Lab) -> None:
         from tendril.lab.topology import world_netns_name
 
-        self.netns = world_netns_name(lab)
-        self.record = paths.labs_dir() / f"{lab}-connectivity-world.pids"  # JSON; not a lab record
+        self.netns = world_netns_name(lab.name)
+        self.record = paths.labs_dir() / f"{lab.name}-connectivity-world.pids"  # JSON; not a lab record
+        self.hosts_files = [paths.node_run_dir(n) / "dns-hosts.json" for n in lab.node_names]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     def start(self, timeout: float = 30.0) -> None:
@@ -132,6 +143,20 @@ class World:
         write_json(self.record, {"netns": self.netns, "processes": pids})
         for port, proc in self.procs.items():
             self._wait_listening(port, proc, timeout)
+        self._set_hosts(WORLD_HOSTS)
+
+    def _set_hosts(self, ours: list[dict[str, Any]]) -> None:
+        """Each node's dns-hosts.json with our names replaced by `ours` (none: removed)."""
+        from tendril.common.jsonfile import read_json, write_json
+
+        names = {h["name"] for h in WORLD_HOSTS}
+        for path in self.hosts_files:
+            data = read_json(path) or {}
+            hosts = [h for h in data.get("hosts", []) if h.get("name") not in names] + ours
+            if hosts:
+                write_json(path, {**data, "hosts": hosts}, mode=0o644)
+            else:
+                path.unlink(missing_ok=True)
 
     def _stop_leftovers(self) -> None:
         from tendril.common.jsonfile import read_json
@@ -176,6 +201,7 @@ class World:
                 proc.stdout.close()
         self.procs.clear()
         self.record.unlink(missing_ok=True)
+        self._set_hosts([])
 
 
 def _tendril_exe() -> str:
@@ -212,6 +238,8 @@ class Deployment:
     kube_dns: Service
     external_ip: str = EXTERNAL_IP
     external_other_ip: str = EXTERNAL_OTHER_IP
+    external_target: str = EXTERNAL_TARGET
+    external_other_target: str = EXTERNAL_OTHER_TARGET
     external_cidr: str = EXTERNAL_CIDR
 
     def host_of(self, node: str) -> Host:

@@ -10,7 +10,9 @@ work, a SYN-ACK on one that must be dropped). Requests through the L7 proxy (a s
 is `l7`) need, on the node of the proxy that applied the rules, the proxy's http-request and
 http-response records of the connection, with the method, the status and the verdict (FORWARDED,
 or DROPPED for a 403); the proxy's own connection to the server comes from the node, so only the
-client's side of the TCP connection is checked. Flows reach the relay a little after the
+client's side of the TCP connection is checked. A source that resolves the destination's name
+through its node's DNS proxy first (a `dns` result) needs the proxy's dns-request and
+dns-response records of that name there, FORWARDED. Flows reach the relay a little after the
 packets, so matching polls for a bounded time.
 """
 
@@ -54,6 +56,7 @@ class Flow:
     http_code: int = 0
     http_method: str = ""
     http_url: str = ""
+    dns_query: str = ""
 
     @property
     def l7(self) -> bool:
@@ -113,6 +116,7 @@ def flow_from_response(resp: Any) -> Flow:
         http_code=http.code if http is not None else 0,
         http_method=http.method if http is not None else "",
         http_url=http.url if http is not None else "",
+        dns_query=f.l7.dns.query if f.HasField("l7") and f.l7.HasField("dns") else "",
     )
 
 
@@ -202,6 +206,7 @@ class Connection:
     ports: set[int]
     lport: int
     proto: str  # tcp | icmp | udp
+    name: str = ""  # the name resolved through the DNS proxy first (lower case, no root), or ""
 
     def l4(self, f: Flow) -> bool:
         if self.proto == "tcp":
@@ -237,16 +242,24 @@ class Connection:
         cport, sport = (f.sport, f.dport) if kind == "REQUEST" else (f.dport, f.sport)
         return (not sport or sport in self.ports) and (not self.lport or not cport or cport == self.lport)
 
+    def dns(self, f: Flow, kind: str) -> bool:
+        """The DNS proxy's record of the lookup of `name`: REQUEST from the client, RESPONSE to it."""
+        if not self.name or f.l7_type != kind or f.dns_query.rstrip(".").lower() != self.name:
+            return False
+        return (f.src_ip if kind == "REQUEST" else f.dst_ip) in self.src
+
     def any(self, f: Flow) -> bool:
-        return self.either(f) or self.http(f, "REQUEST") or self.http(f, "RESPONSE")
+        return self.either(f) or any(m(f, k) for m in (self.http, self.dns) for k in ("REQUEST", "RESPONSE"))
 
 
 def connection(action: Action, res: CommandResult) -> Connection:
     ips = {res.local_ip} if res.local_ip else set(action.source.ips)
     d = action.destination
+    name = d.address.rstrip(".").lower() if action.egress.dns else ""
     return Connection(
-        src=ips, dst=set(d.addresses), ports=set(d.ports), lport=res.local_port, proto=action.protocol
-    )
+        src=ips, dst=set(d.addresses), ports=set(d.ports), lport=res.local_port, proto=action.protocol,
+        name=name,
+    )  # fmt: skip
 
 
 def _drop(result: Result, direction: str, nodes: set[str]) -> Callable[[Flow], bool]:
@@ -285,6 +298,10 @@ def requirements(action: Action, res: CommandResult) -> list[Requirement]:
 
         if result.none:
             return
+        if result.dns:
+            for kind in ("REQUEST", "RESPONSE"):
+                lookup = here(lambda f, k=kind: t.dns(f, k) and f.verdict == "FORWARDED")
+                reqs.append(Requirement(name, peer, f"dns-{kind.lower()} FORWARDED", lookup))
         if result.l7:
             http_side(name, peer, nodes, result, direction)
             return

@@ -101,6 +101,7 @@ class Result:
     exit_code: int = 0  # what the command must return: 0, a code, or EXIT_ANY_ERROR
     l7: bool = False  # the request goes through the L7 proxy on this side: HTTP flows expected
     http_status: int = 0  # the HTTP status the command must report (0: not checked)
+    dns: bool = False  # the source resolves the destination's name through its node's DNS proxy
 
     def __str__(self) -> str:
         return self.name
@@ -116,6 +117,8 @@ class Result:
             out["l7"] = "http"
         if self.http_status:
             out["http_status"] = self.http_status
+        if self.dns:
+            out["dns"] = "proxy"
         return out
 
 
@@ -139,6 +142,13 @@ POLICY_DENY_INGRESS_DROP = Result(
 # Hubble shows an http-request and an http-response flow (FORWARDED, or DROPPED when denied)
 L7_OK = Result("L7OK", l7=True, http_status=200)
 DROP_CURL_HTTP_ERROR = Result("DropCurlHTTPError", l7=True, http_status=403, exit_code=EXIT_CURL_HTTP_ERROR)
+# the name is resolved through the DNS proxy (dns-request and dns-response flows FORWARDED), then
+# the request goes through the L7 proxy, or the connection is denied by default leaving the source
+DNS_L7_OK = Result("DNSL7OK", l7=True, http_status=200, dns=True)
+DNS_OK_DEFAULT_DENY_EGRESS_DROP = Result(
+    "DNSOKDefaultDenyEgressDrop", drop=True, egress_drop=True, reasons=DEFAULT_DENY,
+    exit_code=EXIT_CURL_TIMEOUT, dns=True,
+)  # fmt: skip
 
 
 # ---- actions, scenarios, tests --------------------------------------------------------------

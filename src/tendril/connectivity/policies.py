@@ -2,8 +2,8 @@
 
 Adaptations: the namespace is the test's; the external CIDR / target / other IP are the lab
 world's (203.0.113.0/24, .10, .11; IPv4 only, the world has no IPv6); DNS rules name the lab's
-kube-dns pod; HTTP `rules:` are Cilium's (the node's L7 proxy enforces them), DNS `rules:` are
-left out (no DNS proxy yet).
+kube-dns pod; the external target is a lab world name (world.lab.test.); HTTP and DNS `rules:`
+are Cilium's (the node's L7 and DNS proxies enforce them).
 """
 
 from __future__ import annotations
@@ -444,6 +444,36 @@ spec:
     - matchLabels: { kind: echo }
 """
 
+CLIENT_EGRESS_TO_FQDNS = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-egress-to-fqdns
+  namespace: $ns
+spec:
+  endpointSelector:
+    matchLabels: { kind: client }
+  egress:
+  - toPorts:
+    - ports:
+      - { port: "80", protocol: TCP }
+      rules:
+        http:
+        - { method: GET, path: "/$$" }
+    toFQDNs:
+    - matchName: "$external_target"
+  - toPorts:
+    - ports:
+      - { port: "53", protocol: UDP }
+      - { port: "53", protocol: TCP }
+      rules:
+        dns:
+        - matchPattern: "*"
+    toEndpoints:
+    - matchExpressions:
+$kube_dns
+"""
+
 
 def named_port(template: str) -> str:
     """The policy with the echo servers' port named (their container port "http") instead."""
@@ -459,6 +489,7 @@ def render(template: str, d: Deployment) -> str:
         external_cidr=d.external_cidr,
         external_ip=d.external_ip,
         external_other_ip=d.external_other_ip,
+        external_target=d.external_target,
         kube_dns=_KUBE_DNS,
     )
 

@@ -193,6 +193,7 @@ def _action_json(o: ActionOutcome) -> dict[str, Any]:
                                 "http_code": f.http_code,
                                 "method": f.http_method,
                                 "url": f.http_url,
+                                "dns_query": f.dns_query,
                             }
                         }
                         if f.l7_type

@@ -389,7 +389,7 @@ class Runner:
         assert lab is not None
         dep.check_namespace(lab, opts.namespace)
         self.owns_namespace = True
-        self.world = dep.World(lab.name)
+        self.world = dep.World(lab)
         console.progress(
             f"✨ [{lab.name}] Starting the world: http-echo on {dep.EXTERNAL_CIDR} ports "
             f"{', '.join(map(str, dep.WORLD_PORTS))} in {self.world.netns}..."

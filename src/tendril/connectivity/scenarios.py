@@ -43,8 +43,11 @@ def to_nodeport(s: Service, host: Host) -> Destination:
     )  # fmt: skip
 
 
-def to_external(ip: str, port: int, name: str) -> Destination:
-    return Destination(kind="external", name=name, address=ip, port=port, addresses={ip}, ports={port})
+def to_external(ip: str, port: int, name: str, target: str = "") -> Destination:
+    """The world at `ip`, addressed by IP or by `target`, a name the cluster DNS resolves to it."""
+    return Destination(
+        kind="external", name=name, address=target or ip, port=port, addresses={ip}, ports={port}
+    )
 
 
 def to_host(h: Host) -> Destination:
@@ -129,10 +132,19 @@ def pod_to_remote_nodeport(d: Deployment) -> Iterable[Pair]:
 
 @_scenario("pod-to-world")
 def pod_to_world(d: Deployment) -> Iterable[Pair]:
+    """By name, as cilium-cli's PodToWorld (one.one.one.one)."""
     for i, src in enumerate(d.clients):
         for port in WORLD_HTTP_PORTS:
             name = f"http-to-world-{i}" if port == 80 else f"http-to-world-{port}-{i}"
-            yield name, src, to_external(d.external_ip, port, f"world-http-{port}"), "tcp"
+            yield name, src, to_external(d.external_ip, port, f"world-http-{port}", d.external_target), "tcp"
+
+
+@_scenario("pod-to-world-2")
+def pod_to_world_2(d: Deployment) -> Iterable[Pair]:
+    """Another world name (cilium-cli's PodToWorld2: cilium.io), on port 80 (no TLS in the lab)."""
+    dst = to_external(d.external_other_ip, 80, "world-other-http", d.external_other_target)
+    for i, src in enumerate(d.clients):
+        yield f"http-to-world-other-{i}", src, dst, "tcp"
 
 
 @_scenario("pod-to-cidr")

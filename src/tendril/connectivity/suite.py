@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from tendril.connectivity import policies as P
 from tendril.connectivity import scenarios as S
-from tendril.connectivity.deploy import EXTERNAL_IP, EXTERNAL_OTHER_IP
+from tendril.connectivity.deploy import EXTERNAL_IP, EXTERNAL_OTHER_IP, EXTERNAL_TARGET
 from tendril.connectivity.metrics import FORWARD_COUNT
 from tendril.connectivity.model import (
     DEFAULT_DENY_EGRESS_DROP,
     DEFAULT_DENY_INGRESS_DROP,
+    DNS_L7_OK,
+    DNS_OK_DEFAULT_DENY_EGRESS_DROP,
     DROP,
     DROP_CURL_HTTP_ERROR,
     DROP_CURL_TIMEOUT,
@@ -29,7 +31,6 @@ from tendril.connectivity.model import (
     TestCase,
 )
 
-NO_DNS_PROXY = "DNS proxy not available yet (issue 8)"
 NO_TLS = (
     "L7 proxy without TLS interception yet (issue 8): no TLS origination/termination, no CA "
     "secrets (tls.secret / originatingTLS), and the lab's world serves no HTTPS"
@@ -109,6 +110,14 @@ def dns_only(a: Action) -> tuple[Result, Result]:
     if a.destination.kind == "dns":
         return OK, OK
     return DROP_CURL_TIMEOUT, NONE
+
+
+def to_fqdns(a: Action) -> tuple[Result, Result]:
+    """Every name resolves through the DNS proxy; only the policy's name, on port 80, connects,
+    through the L7 proxy (GET / allowed)."""
+    if a.destination.address == EXTERNAL_TARGET and a.destination.port == 80:
+        return DNS_L7_OK, NONE
+    return DNS_OK_DEFAULT_DENY_EGRESS_DROP, NONE
 
 
 def _http_denied(a: Action, allowed: list[tuple[str, str, dict[str, str]]]) -> bool:
@@ -289,7 +298,13 @@ def catalogue() -> list[TestCase]:
             policies=[P.CLIENT_EGRESS_ONLY_DNS],
             expect=dns_only,
         ),
-        _skip("to-fqdns", NO_DNS_PROXY),
+        _test(
+            "to-fqdns",
+            S.pod_to_world,
+            S.pod_to_world_2,
+            policies=[P.CLIENT_EGRESS_TO_FQDNS],
+            expect=to_fqdns,
+        ),
         # judged on the whole run: the datapath's unexpected drop counters must not move
         TestCase(
             NO_UNEXPECTED_PACKET_DROPS, [Scenario(NO_UNEXPECTED_PACKET_DROPS, lambda d, t, s: [])], final=True
