@@ -34,7 +34,7 @@ struct {
  * flow events keep one fixed record size and a burst of snaps cannot crowd flows out. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1U << 20);
+	__uint(max_entries, 4U << 20);  /* ~21,000 snaps: about a second of a busy node's HTTP */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tnd_payloads SEC(".maps");
 

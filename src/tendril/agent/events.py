@@ -44,6 +44,7 @@ class RingPump:
         self.batch = batch
         self.events_read = 0
         self.parse_errors = 0
+        self.drains = 0  # drains that found records
         self._task: asyncio.Task[None] | None = None
 
     def handle(self, records: np.ndarray) -> None:
@@ -82,6 +83,7 @@ class RingPump:
             if len(records) == 0:
                 break
             total += len(records)
+            self.drains += 1
             try:
                 self.handle(records)
             except Exception:  # a parser bug must cost these events, not the whole pipeline

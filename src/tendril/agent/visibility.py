@@ -22,6 +22,7 @@ from tendril.agent.events import RingPump, wall_offset_ns
 from tendril.bpf import RingBufferReader, abi
 from tendril.common.errors import InvalidInputError
 from tendril.hubble import record as rec
+from tendril.hubble.api.flow import flow_pb2
 from tendril.hubble.parser.http_snap import Exchange, HttpPairing
 from tendril.proxy.decide import ConnectionContext
 from tendril.proxy.flows import L7FlowWriter, http_url
@@ -87,6 +88,7 @@ class HttpVisibilityPump(RingPump):
                 if endpoint_flags(self.agent.state, ep.namespace, ep.pod)
             ),
             "snaps": self.events_read,
+            "drains": self.drains,
             "requests": self.requests,
             "responses": self.responses,
             "open": p.open_requests,
@@ -98,6 +100,7 @@ class HttpVisibilityPump(RingPump):
     def handle(self, records: np.ndarray) -> None:
         wall = wall_offset_ns()
         by_id = {ep.id: ep for ep in self.agent.state.endpoints.values()}
+        rows = []
         for ex in self.pairing.feed(records):
             ep = by_id.get(ex.ep_id)
             if ep is None:
@@ -105,24 +108,19 @@ class HttpVisibilityPump(RingPump):
             ctx = self._context(ex, ep.identity)
             req = ex.request
             url = http_url(ctx, req.url, req.host)
-            headers = [("Host", req.host)] if req.host else []
             if ex.response is None:
                 self.requests += 1
-                self.writer.request(
-                    ctx, req.method, url, req.protocol, headers, rec.FORWARDED, ex.request_ns + wall
-                )
+                headers = [flow_pb2.HTTPHeader(key="Host", value=req.host)] if req.host else []
+                http = flow_pb2.HTTP(method=req.method, url=url, protocol=req.protocol, headers=headers)
+                l7 = flow_pb2.Layer7(type=flow_pb2.REQUEST, http=http)
+                rows.append((ctx, False, rec.FORWARDED, l7, ex.request_ns + wall))
             else:
                 self.responses += 1
-                self.writer.response(
-                    ctx,
-                    req.method,
-                    url,
-                    ex.response.protocol,
-                    ex.response.code,
-                    ex.latency_ns,
-                    rec.FORWARDED,
-                    ex.response_ns + wall,
-                )
+                resp = ex.response
+                http = flow_pb2.HTTP(code=resp.code, method=req.method, url=url, protocol=resp.protocol)
+                l7 = flow_pb2.Layer7(type=flow_pb2.RESPONSE, latency_ns=ex.latency_ns, http=http)
+                rows.append((ctx, True, rec.FORWARDED, l7, ex.response_ns + wall))
+        self.writer.publish_many(rows)
 
     def _context(self, ex: Exchange, own_identity: int) -> ConnectionContext:
         """One context per connection and side, cached: keep-alive exchanges share it."""
