@@ -108,9 +108,9 @@ spec:
 QUERY = r"""
 import json, sys
 from dnslib import DNSRecord, RCODE
-name, tcp = sys.argv[1], sys.argv[2] == "tcp"
+name, tcp, server = sys.argv[1], sys.argv[2] == "tcp", sys.argv[3]
 try:
-    raw = DNSRecord.question(name, "A").send("10.96.0.10", 53, tcp=tcp, timeout=3)
+    raw = DNSRecord.question(name, "A").send(server, 53, tcp=tcp, timeout=3, ipv6=":" in server)
     r = DNSRecord.parse(raw)
     ips = [str(x.rdata) for x in r.rr if x.rtype == 1]
     print(json.dumps({"rcode": RCODE.get(r.header.rcode), "ips": ips}))
@@ -119,8 +119,12 @@ except Exception as e:
 """
 
 
-def query(lab: Lab, pod: str, name: str, tcp: bool = False) -> dict:
-    """In the pod's netns *and* cgroup (`tendril exec`): the socket LB translates 10.96.0.10."""
+KUBE_DNS6 = "fd00:10:96::a"
+
+
+def query(lab: Lab, pod: str, name: str, tcp: bool = False, server: str = "10.96.0.10") -> dict:
+    """In the pod's netns *and* cgroup (`tendril exec`): the socket LB translates the service
+    address (10.96.0.10, or fd00:10:96::a over IPv6)."""
     r = tendril(
         "exec",
         "-n",
@@ -134,6 +138,7 @@ def query(lab: Lab, pod: str, name: str, tcp: bool = False) -> dict:
         QUERY,
         name,
         "tcp" if tcp else "udp",
+        server,
     )
     return json.loads(r.stdout)
 
@@ -192,6 +197,15 @@ def test_allowed_and_refused_by_name_and_pattern(policy: Lab) -> None:
     # over TCP too
     assert query(policy, "client", "kube-dns.kube-system.svc.cluster.local", tcp=True)["rcode"] == "NOERROR"
     assert query(policy, "client", "kubernetes.default.svc.cluster.local", tcp=True)["rcode"] == "REFUSED"
+    # over IPv6 (the pods' second nameserver): the same answers, fast (a resolver that gets
+    # REFUSED on IPv4 asks the next nameserver)
+    for tcp in (False, True):
+        v6 = query(policy, "client", "kube-dns.kube-system.svc.cluster.local", tcp=tcp, server=KUBE_DNS6)
+        assert v6 == {"rcode": "NOERROR", "ips": ["10.96.0.10"]}
+        assert (
+            query(policy, "client", "a.b.dns.svc.cluster.local", tcp=tcp, server=KUBE_DNS6)["rcode"]
+            == "REFUSED"
+        )
     # a pod without the policy is not proxied
     with policy.agent() as c:
         before = c.get("/v1/proxy")["dns"]["queries"]

@@ -33,7 +33,14 @@ from tendril.bpf import abi
 from tendril.hubble.api.flow import flow_pb2
 from tendril.proxy.decide import ConnectionContext, ProxyPolicy
 from tendril.proxy.flows import L7FlowWriter
-from tendril.proxy.redirect import IP_TRANSPARENT, SO_MARK, transparent_listener, upstream_socket
+from tendril.proxy.redirect import (
+    SO_MARK,
+    family_of,
+    transparent_listener,
+    transparent_socket,
+    upstream_socket,
+    wildcard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +48,9 @@ IPPROTO_UDP = 17
 IPPROTO_TCP = 6
 IP_RECVORIGDSTADDR = 20
 IP_ORIGDSTADDR = 20
+IPV6_RECVORIGDSTADDR = 74
+IPV6_ORIGDSTADDR = 74
+FAMILIES = (socket.AF_INET, socket.AF_INET6)
 UPSTREAM_TIMEOUT_S = 5.0
 MAX_UDP = 65535
 
@@ -74,8 +84,20 @@ def _answer_summary(r: DNSRecord) -> tuple[list[str], int, list[str], list[str]]
     return ips, min(ttls) if ttls else 0, cnames, rrtypes
 
 
+def _original_destination(ancillary: list[tuple[int, int, bytes]]) -> tuple[str, int] | None:
+    """IP(V6)_ORIGDSTADDR: the sockaddr the client sent to, before bpf_sk_assign."""
+    for level, typ, raw in ancillary:
+        if level == socket.SOL_IP and typ == IP_ORIGDSTADDR and len(raw) >= 8:
+            port, addr = struct.unpack("!H4s", raw[2:8])
+            return socket.inet_ntoa(addr), port
+        if level == socket.IPPROTO_IPV6 and typ == IPV6_ORIGDSTADDR and len(raw) >= 24:
+            (port,) = struct.unpack("!H", raw[2:4])  # sockaddr_in6: family, port, flowinfo, addr
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    return None
+
+
 class DNSProxy:
-    """UDP + TCP DNS proxy on `port`, IPv4 (both on the agent's loop)."""
+    """UDP + TCP DNS proxy on `port`, IPv4 and IPv6 (all on the agent's loop)."""
 
     def __init__(
         self,
@@ -89,52 +111,46 @@ class DNSProxy:
         self.flows = flows
         self.on_answer = on_answer
         self.stats = DNSProxyStats()
-        self._udp: socket.socket | None = None
-        self._tcp: asyncio.AbstractServer | None = None
+        self._udp: list[socket.socket] = []
+        self._tcp: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, abi.MARK_MAGIC_FROM_PROXY)
-        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-        sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-        sock.bind(("0.0.0.0", self.port))
-        sock.setblocking(False)
-        self._udp = sock
-        loop.add_reader(sock.fileno(), self._readable)
-        self._tcp = await asyncio.start_server(
-            self._tcp_conn, sock=transparent_listener(socket.AF_INET, self.port)
-        )
+        for family in FAMILIES:
+            sock = transparent_socket(family, socket.SOCK_DGRAM, (wildcard(family), self.port))
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+            else:
+                sock.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+            sock.setblocking(False)
+            self._udp.append(sock)
+            loop.add_reader(sock.fileno(), self._readable, sock)
+            listener = transparent_listener(family, self.port)
+            self._tcp.append(await asyncio.start_server(self._tcp_conn, sock=listener))
 
     async def stop(self) -> None:
-        if self._udp is not None:
-            asyncio.get_running_loop().remove_reader(self._udp.fileno())
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            self._tcp = None
+        for sock in self._udp:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+            sock.close()
+        self._udp = []
+        for server in self._tcp:
+            server.close()
+        self._tcp = []
         for t in list(self._tasks):
             t.cancel()
 
     # ---- UDP ------------------------------------------------------------------------------------
-    def _readable(self) -> None:
-        assert self._udp is not None
+    def _readable(self, sock: socket.socket) -> None:
         for _ in range(64):
             try:
-                data, anc, _flags, src = self._udp.recvmsg(MAX_UDP, 64)
+                data, anc, _flags, src = sock.recvmsg(MAX_UDP, 64)
             except BlockingIOError:
                 return
             except OSError as e:
                 log.warning("dns proxy: recvmsg: %s", e)
                 return
-            dst = None
-            for level, typ, raw in anc:
-                if level == socket.SOL_IP and typ == IP_ORIGDSTADDR and len(raw) >= 8:
-                    port, addr = struct.unpack("!H4s", raw[2:8])
-                    dst = (socket.inet_ntoa(addr), port)
+            dst = _original_destination(anc)
             if dst is None:
                 continue
             task = asyncio.get_running_loop().create_task(self._udp_query(data, (src[0], src[1]), dst))
@@ -152,7 +168,7 @@ class DNSProxy:
 
     async def _udp_upstream(self, data: bytes, dst: tuple[str, int]) -> bytes:
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family_of(dst[0]), socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_MARK, abi.MARK_MAGIC_FROM_PROXY)
             sock.setblocking(False)
@@ -165,17 +181,11 @@ class DNSProxy:
     @staticmethod
     def _send_from(frm: tuple[str, int], to: tuple[str, int], data: bytes) -> None:
         """Answer from the original destination's address (transparent bind)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, abi.MARK_MAGIC_FROM_PROXY)
-            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            sock.bind(frm)
-            sock.sendto(data, to)
+            with transparent_socket(family_of(frm[0]), socket.SOCK_DGRAM, frm) as sock:
+                sock.sendto(data, to)
         except OSError as e:
             log.warning("dns proxy: answer %s -> %s: %s", frm, to, e)
-        finally:
-            sock.close()
 
     # ---- TCP ------------------------------------------------------------------------------------
     async def _tcp_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -191,7 +201,7 @@ class DNSProxy:
             async def upstream(q: bytes) -> bytes:
                 nonlocal up_r, up_w
                 if up_w is None:
-                    sock = upstream_socket(socket.AF_INET)
+                    sock = upstream_socket(family_of(dst[0]))
                     await asyncio.get_running_loop().sock_connect(sock, (dst[0], dst[1]))
                     up_r, up_w = await asyncio.open_connection(sock=sock)
                 assert up_r is not None

@@ -45,20 +45,40 @@ def ensure_policy_routing() -> None:
             raise OSError(f"ip {family} route replace local default table {table}: {r.stderr.strip()}")
 
 
-def transparent_listener(family: socket.AddressFamily, port: int) -> socket.socket:
-    """A listening TCP socket on the wildcard address that accepts redirected connections; its own
-    packets carry TND_MARK_MAGIC_FROM_PROXY (tnd_to_container reports them at from-proxy)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def wildcard(family: socket.AddressFamily) -> str:
+    return "::" if family == socket.AF_INET6 else "0.0.0.0"
+
+
+def family_of(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def transparent_socket(
+    family: socket.AddressFamily, kind: socket.SocketKind, addr: tuple[str, int]
+) -> socket.socket:
+    """A socket bound with IP(V6)_TRANSPARENT (to any address, local or not: the wildcard for the
+    listeners, an original destination for answers sent in its name), marked
+    TND_MARK_MAGIC_FROM_PROXY so tnd_to_container reports its packets at from-proxy."""
+    sock = socket.socket(family, kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, abi.MARK_MAGIC_FROM_PROXY)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-            sock.bind(("::", port))
         else:
             sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
-            sock.bind(("0.0.0.0", port))
+        sock.bind(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def transparent_listener(family: socket.AddressFamily, port: int) -> socket.socket:
+    """A listening TCP socket on the wildcard address that accepts redirected connections."""
+    sock = transparent_socket(family, socket.SOCK_STREAM, (wildcard(family), port))
+    try:
         sock.listen(1024)
         sock.setblocking(False)
     except BaseException:
