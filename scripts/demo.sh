@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine as root: set up, bring up a 2-node lab (etcd, Hubble
 # Relay, Hubble UI), deploy a three-tier app with its policies, send traffic (allowed and denied),
-# run the connectivity test, and print where the relay and the UI listen.
+# narrow the api to some HTTP calls (L7 proxy) and show HTTP flows with and without the proxy, run
+# the connectivity test, and print where the relay and the UI listen.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/setup.sh"
@@ -46,7 +47,7 @@ tendril get pods -n shop -o wide
 
 step "traffic through the tiers (by service name, resolved by the cluster DNS, across nodes)"
 frontend=$(pod_of shop frontend); api=$(pod_of shop api)
-curl_fmt='%{remote_ip}:%{remote_port} = %{http_code}'
+curl_fmt='%{remote_ip}:%{remote_port} = %{http_code}\n'
 for _ in 1 2 3; do
   try "loadgen -> frontend" tendril exec -n shop loadgen -- tendril workload curl -s -w "$curl_fmt" http://frontend/
   try "frontend -> api" tendril exec -n shop "$frontend" -- tendril workload curl -s -w "$curl_fmt" http://api/
@@ -60,6 +61,15 @@ sleep 0.5
 tendril hubble observe --server "localhost:$RELAY_PORT" -n shop --last 8 --type drop
 tendril hubble observe --server "localhost:$RELAY_PORT" -n shop --last 12 --protocol tcp --to-port 5432
 tendril hubble list nodes --server "localhost:$RELAY_PORT"
+
+step "L7: tendril apply -f examples/shop-l7.yaml (the api answers GET / and GET /products... only)"
+tendril apply -f examples/shop-l7.yaml
+try "frontend -> GET api/products/42" tendril exec -n shop "$frontend" -- tendril workload curl -s --fail -w "$curl_fmt" http://api/products/42
+try "frontend -> DELETE api/products/42" tendril exec -n shop "$frontend" -- tendril workload curl -s --fail -X DELETE -w "$curl_fmt" http://api/products/42
+step "HTTP flows: the api's through the L7 proxy, the db's without any proxy (annotation tendril.io/http-visibility)"
+sleep 0.5
+tendril hubble observe --server "localhost:$RELAY_PORT" --type l7 --http-path '/products/.*' --last 4
+tendril hubble observe --server "localhost:$RELAY_PORT" --type l7 --pod shop/db --last 4
 
 step "tendril connectivity test (offline: the lab's world namespace stands in for the internet)"
 tendril connectivity test
