@@ -30,18 +30,18 @@ what else the machine runs (the load average is printed).
 
     sudo .venv/bin/python benchmarks/l7_proxy.py            # about 2 minutes
     sudo .venv/bin/python benchmarks/l7_proxy.py --quick    # about 45 s
-    sudo .venv/bin/python benchmarks/l7_proxy.py --agent-nice -10   # the agent outranks the pods
+    sudo .venv/bin/python benchmarks/l7_proxy.py --agent-nice 0     # the agent weighs as one pod
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import benchlib
 from benchlib import cpu_seconds, loadavg, tendril, wait_pods
@@ -198,7 +198,7 @@ def main() -> None:
         "--agent-nice",
         type=int,
         default=None,
-        help="renice the agent (e.g. -10: CPU priority over the pods, as a node agent with reserved CPU)",
+        help="the agent's autogroup nice (default: the agent's own cpu_nice, -5; 0 = a pod's weight)",
     )
     args = ap.parse_args()
     if args.quick:
@@ -213,9 +213,11 @@ def main() -> None:
         tendril("apply", "-f", "-", "--lab", lab, input=POLICY)
         for port in (DIRECT, PROXIED):
             wait_http(node, server_ip, port)
+        autogroup = Path(f"/proc/{agent_pid(node)}/autogroup")
         if args.agent_nice is not None:
-            os.setpriority(os.PRIO_PROCESS, agent_pid(node), args.agent_nice)
-            print(f"agent reniced to {args.agent_nice}")
+            # the weight between sessions (each pod is one): what decides the agent's CPU share
+            autogroup.write_text(str(args.agent_nice))
+        print(f"agent's session: {autogroup.read_text().strip()}")
         arms = [("direct", DIRECT), ("proxy", PROXIED), ("visible", DIRECT)]
         results: dict[str, list[dict]] = {name: [] for name, _ in arms}
         for rnd in range(args.rounds):

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +205,14 @@ def test_bad_opt_in_values_change_nothing(lab: Lab, pods: Pods) -> None:
     # the server keeps its annotation and its flows
     assert pods.requests("server", [["GET", "/vis/still"]]) == [200]
     wait_for("flows still produced", lambda: len(http_flows(lab, "/vis/still")) == 2, 10)
+
+
+def test_agent_session_outweighs_a_pod(lab: Lab, pods: Pods) -> None:
+    """Every pod is a session (autogroup) of its own; the agent's session gets cpu_nice (-5) so a
+    busy node still leaves it the CPU to turn snaps into flows."""
+    with lab.agent() as c:
+        pid = c.get("/v1/status")["pid"]
+        server = next(e for e in c.get("/v1/endpoints") if e["pod"] == "server")
+    assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == "-5"
+    pod_pid = int(Path(server["cgroup"], "cgroup.procs").read_text().split()[0])
+    assert Path(f"/proc/{pod_pid}/autogroup").read_text().split()[-1] == "0"

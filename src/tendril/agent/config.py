@@ -45,6 +45,7 @@ class NodeConfig:
     proxy_port: int = 15080  # the node's transparent L7 proxy (0 = none: HTTP rules not enforced)
     tofqdns_min_ttl: int = 3600  # Cilium's --tofqdns-min-ttl: the least time a toFQDNs IP is kept
     dns_proxy_port: int = 15053  # the node's DNS proxy, UDP and TCP (0 = none: DNS rules not enforced)
+    cpu_nice: int = -5  # the agent's session's CPU weight against each pod's (autogroup nice; 0 = equal)
 
     @property
     def router_v4(self) -> str:

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -219,8 +220,6 @@ class Agent:
         self.observer_ctx = ctx
         tls = None
         if self.config.hubble_tls_dir:
-            from pathlib import Path
-
             from tendril.hubble.tls import TlsLayout
 
             tls = TlsLayout(Path(self.config.hubble_tls_dir)).node_server_tls(self.config.name)
@@ -554,8 +553,25 @@ def ct_state_name(state: int) -> str:
     return CT_STATE_TEXT.get(state, str(state))
 
 
+def claim_cpu_weight(nice: int) -> None:
+    """Linux shares a busy CPU equally between sessions (autogroups), whatever the nice values
+    inside them, and every pod runs in a session of its own: at 0 the agent would weigh as much as
+    one pod, and its proxy, flow parsing and HTTP visibility would fall behind whenever the pods
+    saturate the CPUs. Like the system share kubelet and cilium-agent get beside the pods' slice,
+    the agent's session gets `nice` (-5: about 3x a pod's weight). Only when the agent leads its
+    session (`lab up` starts it so): a hand-run agent would renice the whole shell session."""
+    path = Path("/proc/self/autogroup")
+    if nice == 0 or not path.exists() or os.getsid(0) != os.getpid():
+        return
+    try:
+        path.write_text(str(nice))
+    except OSError as e:
+        log.warning("cannot set the agent's autogroup nice to %d: %s", nice, e)
+
+
 def run_agent(config: NodeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    claim_cpu_weight(config.cpu_nice)
     if config.netns:
         from tendril.datapath.netns import _setns_current_thread
 
