@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -13,9 +14,54 @@ import click
 
 from tendril.common.errors import TendrilError
 
+# Command name -> (module, attribute). Loaded on first use: `tendril workload curl` runs inside pods
+# for every connectivity action and demo request, and needs none of numpy, grpc or httpx.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "agent": ("agent_cmd", "agent"),
+    "lab": ("lab_cmds", "lab"),
+    "apply": ("k8s_cmds", "apply"),
+    "delete": ("k8s_cmds", "delete"),
+    "get": ("k8s_cmds", "get"),
+    "exec": ("k8s_cmds", "exec_"),
+    "endpoint": ("dbg_cmds", "endpoint"),
+    "bpf": ("dbg_cmds", "bpf"),
+    "monitor": ("dbg_cmds", "monitor"),
+    "config": ("dbg_cmds", "config"),
+    "service": ("dbg_cmds", "service"),
+    "fqdn": ("dbg_cmds", "fqdn"),
+    "status": ("status_cmd", "status"),
+    "observe": ("observe_cmd", "observe"),
+    "hubble": ("hubble_cmds", "hubble"),
+    "workload": ("workload_cmds", "workload"),
+    "policy": ("policy_cmds", "policy"),
+    "identity": ("policy_cmds", "identity"),
+    "connectivity": ("connectivity_cmd", "connectivity"),
+}
+
+
+def _load(name: str) -> click.Command | None:
+    entry = COMMANDS.get(name)
+    if entry is None:
+        return None
+    module = importlib.import_module(f"tendril.cli.{entry[0]}")
+    cmd = getattr(module, entry[1])
+    if name == "hubble" and "relay" not in cmd.commands:  # its subcommands live in other modules
+        from tendril.cli import relay_cmds, ui_cmd
+
+        relay_cmds.register(cmd)  # tendril hubble relay|enable
+        ui_cmd.register(cmd)  # tendril hubble ui
+    return cmd
+
 
 class TendrilGroup(click.Group):
-    """Turns every TendrilError (and missing privileges) into one line on stderr and exit code 1."""
+    """Loads subcommands on first use, and turns every TendrilError (and missing privileges) into
+    one line on stderr and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return _load(cmd_name)
 
     def invoke(self, ctx: click.Context):  # noqa: ANN201
         try:
@@ -31,49 +77,6 @@ class TendrilGroup(click.Group):
 @click.group(cls=TendrilGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Tendril: an eBPF datapath with Hubble-compatible observability."""
-
-
-def _register() -> None:
-    from tendril.cli import (
-        agent_cmd,
-        connectivity_cmd,
-        dbg_cmds,
-        hubble_cmds,
-        k8s_cmds,
-        lab_cmds,
-        observe_cmd,
-        policy_cmds,
-        relay_cmds,
-        status_cmd,
-        ui_cmd,
-        workload_cmds,
-    )
-
-    cli.add_command(agent_cmd.agent)
-    cli.add_command(lab_cmds.lab)
-    for cmd in (k8s_cmds.apply, k8s_cmds.delete, k8s_cmds.get, k8s_cmds.exec_):
-        cli.add_command(cmd)
-    for cmd in (
-        dbg_cmds.endpoint,
-        dbg_cmds.bpf,
-        dbg_cmds.monitor,
-        dbg_cmds.config,
-        dbg_cmds.service,
-        dbg_cmds.fqdn,
-    ):
-        cli.add_command(cmd)
-    cli.add_command(status_cmd.status)
-    cli.add_command(observe_cmd.observe)
-    cli.add_command(hubble_cmds.hubble)
-    relay_cmds.register(hubble_cmds.hubble)  # tendril hubble relay|enable
-    ui_cmd.register(hubble_cmds.hubble)  # tendril hubble ui
-    cli.add_command(workload_cmds.workload)
-    cli.add_command(policy_cmds.policy)
-    cli.add_command(policy_cmds.identity)
-    cli.add_command(connectivity_cmd.connectivity)
-
-
-_register()
 
 
 def main() -> None:
