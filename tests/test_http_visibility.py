@@ -216,3 +216,10 @@ def test_agent_session_outweighs_a_pod(lab: Lab, pods: Pods) -> None:
     assert Path(f"/proc/{pid}/autogroup").read_text().split()[-1] == "-5"
     pod_pid = int(Path(server["cgroup"], "cgroup.procs").read_text().split()[0])
     assert Path(f"/proc/{pod_pid}/autogroup").read_text().split()[-1] == "0"
+
+
+def test_status_shows_proxy_and_visibility(lab: Lab, pods: Pods) -> None:
+    out = tendril("status", "--lab", lab.name).stdout
+    line = next(x for x in out.splitlines() if x.startswith("Proxy Status:"))
+    assert "OK" in line and "0 redirects active (HTTP :15080, DNS :15053)" in line, line
+    assert "HTTP visibility without proxy on 1 endpoint(s)" in line, line  # the annotated server

@@ -303,6 +303,12 @@ class Agent:
                 "metrics": self.config.hubble_metrics,
                 "export_file": self.config.hubble_export_file,
             },
+            "proxy": {
+                "http_port": self.proxy.port if self.proxy else 0,
+                "dns_port": self.dns_proxy.port if self.dns_proxy else 0,
+                "redirects": self.proxy_redirects(),
+                "visibility_endpoints": self.visibility.stats()["endpoints"],
+            },
         }
 
     def proxy_status(self) -> dict[str, Any]:

@@ -76,6 +76,20 @@ def collect(lab: str) -> dict[str, Any]:
     return out
 
 
+def _proxy_line(nodes: list[dict[str, Any]]) -> list[str]:
+    """As `cilium status`'s "Proxy Status", over every node, with the proxy-free HTTP visibility."""
+    proxies = [n["proxy"] for n in nodes if n.get("proxy")]
+    if not proxies:
+        return ["Proxy Status:", "unknown", ""]
+    ports = sorted({f"HTTP :{p['http_port']}" for p in proxies if p["http_port"]})
+    ports += sorted({f"DNS :{p['dns_port']}" for p in proxies if p["dns_port"]})
+    redirects = sum(p["redirects"] for p in proxies)
+    visible = sum(p["visibility_endpoints"] for p in proxies)
+    detail = f"{redirects} redirects active ({', '.join(ports) or 'no proxy'}), "
+    detail += f"HTTP visibility without proxy on {visible} endpoint(s)"
+    return ["Proxy Status:", "OK" if ports else "disabled", detail]
+
+
 def _summary(st: dict[str, Any]) -> str:
     nodes = st["nodes"]
     ok_agents = sum(1 for n in nodes if n["ok"])
@@ -95,6 +109,7 @@ def _summary(st: dict[str, Any]) -> str:
     else:
         detail = relay.get("error") or f"unavailable: {', '.join(relay['unavailable_nodes'])}"
         lines.append(["Hubble Relay:", "Errors", f"{relay['address']}: {detail}"])
+    lines.append(_proxy_line(nodes))
     rows = [["NODE", "AGENT", "ENDPOINTS", "POLICIES", "IDENTITIES", "FLOWS", "KVSTORE"]]
     for n in nodes:
         if not n.get("pid"):
