@@ -253,6 +253,18 @@ def test_service_map_mixed_edge_and_skipped_flows() -> None:
     assert edges["shop/frontend>shop/backend:ICMPv4"]["label"] == "ICMPv4"
 
 
+def test_service_map_edges_name_their_l7_protocols() -> None:
+    """HTTP seen on a TCP edge (proxy or proxy-free visibility) is written after its port."""
+    plain = mkflow(FE, BE, FE_IP, BE_IP, sport=1111, t=1)
+    http = mkflow(FE, BE, FE_IP, BE_IP, sport=1111, t=2)
+    http.l7.type = flow_pb2.REQUEST
+    http.l7.http.method = "GET"
+    edges = {e["id"]: e for e in service_map([plain, http])["edges"]}
+    edge = edges["shop/frontend>shop/backend:TCP/8080"]  # the id stays the L4 one
+    assert edge["l7"] == ["HTTP"] and edge["label"] == "TCP/8080 · HTTP"
+    assert service_map([plain])["edges"][0]["label"] == "TCP/8080"
+
+
 def test_flow_row() -> None:
     f = shop_flows()[5]  # the policy drop
     row = flow_row(7, f)

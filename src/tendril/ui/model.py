@@ -10,7 +10,9 @@ Service map
 
     Every packet of a connection may be traced at several points: a denied TCP SYN is FORWARDED where
     it leaves the client and DROPPED where policy stops it. So an edge's colour comes from its
-    connections (the 5-tuple, client to server): a connection with any drop is dropped. The edge is
+    connections (the 5-tuple, client to server): a connection with any drop is dropped. L7 flows
+    (the proxy's, or proxy-free HTTP visibility's) add their protocol to the edge (`l7`: HTTP, DNS),
+    which the map writes after the port. The edge is
     `dropped` (red) when all its connections were dropped, `forwarded` (green) when none was, `mixed`
     (amber) otherwise. Flow counts by verdict and the time last seen come with it. Link-level
     control traffic (ICMPv6 neighbour discovery and MLD, both sides unknown addresses) and socket-LB
@@ -230,6 +232,7 @@ class _Edge:
     other: int = 0
     last_seen_ns: int = 0
     connections: set[tuple] = field(default_factory=set)
+    l7: set[str] = field(default_factory=set)  # "HTTP", "DNS": seen through the proxy or visibility
 
 
 def _oriented(f: flow_pb2.Flow) -> tuple[flow_pb2.Endpoint, str, int, flow_pb2.Endpoint, str, int]:
@@ -278,6 +281,8 @@ def service_map(flows: Iterable[flow_pb2.Flow]) -> dict:
         else:
             edge.other += 1
         edge.last_seen_ns = max(edge.last_seen_ns, time_ns(f))
+        if f.HasField("l7") and (record := f.l7.WhichOneof("record")):
+            edge.l7.add(record.upper())
 
     out_edges = []
     for e in sorted(edges.values(), key=lambda e: (e.source, e.target, e.protocol, e.port)):
@@ -288,11 +293,12 @@ def service_map(flows: Iterable[flow_pb2.Flow]) -> dict:
         out_edges.append(
             {
                 "id": f"{e.source}>{e.target}:{label}",
+                "l7": sorted(e.l7),
                 "source": e.source,
                 "target": e.target,
                 "protocol": e.protocol,
                 "port": e.port,
-                "label": label,
+                "label": " · ".join([label, *sorted(e.l7)]),
                 "state": state,
                 "flows": {"forwarded": e.forwarded, "dropped": e.dropped, "other": e.other},
                 "connections": {"forwarded": n_forwarded, "dropped": n_dropped},
