@@ -31,14 +31,30 @@
  * frontend address or to the all-zero wildcard when the destination is one of this node's addresses
  * (ipcache identity TND_ID_HOST), is DNATed to a backend: the connection's TND_LB_NAT_FWD entry
  * if it has one (its backend may be TERMINATING: existing connections finish), else a new choice
- * (affinity by client address, Maglev on the tuple hash, or random), recorded as FWD + REV entries
- * in tnd_lb_nat. The kernel then routes the packet to the backend (TC_ACT_OK). The backend's reply
- * is translated back by tnd_from_container (lxc.c) and redirected out of the device the request
- * came in on. No usable backend: drop (TND_DROP_NO_SERVICE_BACKEND, event + metrics at INGRESS).
+ * (affinity by client address, Maglev on the tuple hash, or random).
+ * Backend that is a pod of this node (ipcache ep_id) or the node itself (TND_ID_HOST): recorded as
+ * FWD + REV entries in tnd_lb_nat, and the kernel routes the DNATed packet to it (TC_ACT_OK). Its
+ * reply is translated back by tnd_from_container (lxc.c) and redirected out of the device the
+ * request came in on.
+ * Any other backend (a pod on another node, or outside the cluster; externalTrafficPolicy Cluster,
+ * Cilium's SNAT mode): the packet is SNATed as well, to the address the client targeted (a node
+ * address) and a port in TND_LB_SNAT_PORT_MIN..MAX, so that the backend replies to this node: the
+ * port is the connection's tuple hash mod the range, or one of the next TND_LB_SNAT_RETRIES - 1
+ * candidates (stride 7919) when a live connection (a REV entry with a reply in the last
+ * TND_LB_SNAT_STALE_S) holds it; none free: drop (TND_DROP_NAT_NO_MAPPING). FWD + REV entries go
+ * to tnd_lb_snat, a later packet of the connection reuses its FWD entry (checked after tnd_lb_nat),
+ * and the packet is sent with bpf_redirect_neigh out of the ingress device (to the stack it would
+ * be a martian: a forwarded packet with a local source). The backend's reply (backend -> node
+ * address:SNAT port, matched in tnd_lb_snat before any NodePort lookup) gets source := the frontend
+ * and destination := the client, and is redirected out of the device the request came in on.
+ * No usable backend: drop (TND_DROP_NO_SERVICE_BACKEND, event + metrics at INGRESS). Translations
+ * emit no events (drops do).
  * UDP to port TND_VXLAN_PORT (the overlay's tunnel packets) passes untouched before any lookup.
- * Limits: the backend must be a pod on this node (a remote backend's reply would not pass this
- * node's reverse NAT: no SNAT/DSR), the client must reach the node directly (replies go out of the
- * ingress device through the neighbour/FIB lookup of bpf_redirect_neigh), no fragments, TCP and UDP
+ * Limits: the client must reach the node directly (replies go out of the ingress device through
+ * the neighbour/FIB lookup of bpf_redirect_neigh), and so must the route to a remote backend; a
+ * SNATed backend sees the node's address (remote-node), so its policy must allow that, as in
+ * Cilium's SNAT mode (no DSR); SNAT ports are not collision-checked beyond the candidates, and
+ * entries are not garbage-collected (they age out of the LRU maps); no fragments, TCP and UDP
  * only, no ICMP error translation.
  */
 #include "common.h"
@@ -359,13 +375,138 @@ static __always_inline const struct tnd_lb_value *tnd_nodeport_lookup(const stru
 	return NULL;
 }
 
+/* A backend that is a pod of this node (ipcache ep_id) or this node itself: DNAT only, the reply
+ * passes tnd_from_container (or the host). Anything else is SNATed. */
+static __always_inline int tnd_lb_backend_local(const __u8 *addr, __u8 family)
+{
+	const struct tnd_ipcache_value *v = tnd_ipcache_lookup(addr, family);
+
+	return v && (v->ep_id || v->identity == TND_ID_HOST);
+}
+
+/* SNAT + DNAT of a packet of a connection in tnd_lb_snat (fv: its FWD entry), towards the backend. */
+static __always_inline int tnd_snat_fwd_rewrite(struct __sk_buff *skb, const struct tnd_lb_pkt *lp,
+						const struct tnd_lb_snat_value *fv)
+{
+	const struct tnd_lb_nat_key *k = &lp->key;
+
+	if (tnd_lb_rewrite(skb, k->family, k->proto, lp->l4_off, 1, k->daddr, fv->addr, k->dport, fv->port) ||
+	    tnd_lb_rewrite(skb, k->family, k->proto, lp->l4_off, 0, k->saddr, fv->nat_addr, k->sport, fv->nat_port))
+		return -1;
+	return 0;
+}
+
 /*
- * DNAT of a packet to a NodePort frontend (see the top of this file). Returns 0 (passed, rewritten
- * or not) or a drop reason. Global: verified once.
+ * A new connection to a backend that is not a pod of this node (see the top of this file): a SNAT
+ * port for it (the tuple's hash, then the next TND_LB_SNAT_RETRIES - 1 candidates; a port is free
+ * when no REV entry holds it, or when the connection holding it is this client's own, or has seen no
+ * reply for TND_LB_SNAT_STALE_S), its FWD + REV entries in tnd_lb_snat, and the SNAT + DNAT of the
+ * packet. Returns 0 (*redirect = the device to send it out of) or a drop reason. Global: verified
+ * once, and a sibling of tnd_nodeport_lb (the two frames would not fit the 512-byte stack nested).
  */
-__noinline int tnd_nodeport_lb(struct __sk_buff *skb, struct tnd_lb_pkt *lp)
+__noinline int tnd_nodeport_snat_new(struct __sk_buff *skb, struct tnd_lb_pkt *lp, __u32 backend_id,
+				     __u32 rev_nat_id, __u32 *redirect)
+{
+	const __u32 range = TND_LB_SNAT_PORT_MAX - TND_LB_SNAT_PORT_MIN + 1;
+	const struct tnd_lb_snat_value *old;
+	const struct tnd_lb_backend *be;
+	struct tnd_lb_snat_value v = {};   /* the REV entry, then the FWD entry (one frame slot) */
+	struct tnd_lb_nat_key rk = {};
+	struct tnd_lb_nat_key *k;
+	__u32 hash, now_s, i;
+	__be16 port;
+
+	if (!lp || !redirect)
+		return 0;
+	k = &lp->key;
+	be = tnd_lb_backend_get(backend_id, k->family, 1);
+	if (!be)
+		return TND_DROP_NO_SERVICE_BACKEND;
+	hash = tnd_lb_tuple_hash(k);
+	now_s = bpf_ktime_get_coarse_ns() / TND_NSEC_PER_SEC;
+
+	tnd_copy_addr16(rk.saddr, be->addr);
+	tnd_copy_addr16(rk.daddr, k->daddr);
+	rk.sport = be->port;
+	rk.proto = k->proto;
+	rk.family = k->family;
+	rk.dir = TND_LB_NAT_REV;
+	tnd_copy_addr16(v.addr, k->saddr);
+	tnd_copy_addr16(v.nat_addr, k->daddr);
+	v.port = k->sport;
+	v.nat_port = k->dport;
+	v.rev_nat_id = rev_nat_id;
+	v.backend_id = backend_id;
+	v.ifindex = skb->ifindex;
+	v.last_used_s = now_s;
+
+	for (i = 0; i < TND_LB_SNAT_RETRIES; i++) {
+		port = bpf_htons(TND_LB_SNAT_PORT_MIN + (hash + i * 7919) % range);
+		rk.dport = port;
+		old = bpf_map_lookup_elem(&tnd_lb_snat, &rk);
+		if (old && (__s32)(now_s - old->last_used_s) <= TND_LB_SNAT_STALE_S &&
+		    !(old->port == k->sport && old->nat_port == k->dport &&
+		      *(const __u32 *)old->addr == *(const __u32 *)k->saddr &&
+		      *(const __u32 *)&old->addr[4] == *(const __u32 *)&k->saddr[4] &&
+		      *(const __u32 *)&old->addr[8] == *(const __u32 *)&k->saddr[8] &&
+		      *(const __u32 *)&old->addr[12] == *(const __u32 *)&k->saddr[12]))
+			continue;       /* held by another live connection */
+		if (bpf_map_update_elem(&tnd_lb_snat, &rk, &v, BPF_ANY))
+			return TND_DROP_CT_MAP_INSERTION_FAILED;
+		tnd_copy_addr16(v.addr, be->addr);
+		v.port = be->port;
+		v.nat_port = port;
+		v.ifindex = 0;
+		if (bpf_map_update_elem(&tnd_lb_snat, k, &v, BPF_ANY))
+			return TND_DROP_CT_MAP_INSERTION_FAILED;
+		bpf_map_delete_elem(&tnd_lb_nat, k);   /* a stale local-backend entry of this tuple */
+		if (tnd_snat_fwd_rewrite(skb, lp, &v))
+			return TND_DROP_WRITE_ERROR;
+		*redirect = skb->ifindex;
+		return 0;
+	}
+	return TND_DROP_NAT_NO_MAPPING;
+}
+
+/*
+ * NodePort reverse SNAT (see the top of this file): a reply of a backend on another node to a SNAT
+ * port of this node gets source := the frontend, destination := the client. Returns 0 when the
+ * packet is not such a reply, 1 when it was rewritten (*redirect = the device the request came in
+ * on), -1 when the rewrite failed. Global: verified once.
+ */
+__noinline int tnd_nodeport_rev_snat(struct __sk_buff *skb, struct tnd_lb_pkt *lp, __u32 *redirect)
+{
+	struct tnd_lb_snat_value *v;
+	struct tnd_lb_nat_key *k;
+	struct tnd_lb_nat_key rk;
+
+	if (!lp || !redirect)
+		return 0;
+	k = &lp->key;
+	rk = *k;
+	rk.dir = TND_LB_NAT_REV;
+	v = bpf_map_lookup_elem(&tnd_lb_snat, &rk);
+	if (!v)
+		return 0;
+	v->last_used_s = bpf_ktime_get_coarse_ns() / TND_NSEC_PER_SEC;
+	if (tnd_lb_rewrite(skb, k->family, k->proto, lp->l4_off, 0, k->saddr, v->nat_addr, k->sport, v->nat_port) ||
+	    tnd_lb_rewrite(skb, k->family, k->proto, lp->l4_off, 1, k->daddr, v->addr, k->dport, v->port))
+		return -1;
+	*redirect = v->ifindex;
+	return 1;
+}
+
+/*
+ * DNAT (local backend) or SNAT + DNAT (existing connection to any other backend) of a packet to a
+ * NodePort frontend (see the top of this file). Returns 0 (passed, rewritten or not) or a drop
+ * reason; *redirect is set to the device a SNATed packet must leave through; for a new connection
+ * whose backend is not local, nothing is rewritten and *snat = backend ID | rev_nat_id << 32, for
+ * tnd_nodeport_snat_new(). Global: verified once.
+ */
+__noinline int tnd_nodeport_lb(struct __sk_buff *skb, struct tnd_lb_pkt *lp, __u32 *redirect, __u64 *snat)
 {
 	const struct tnd_lb_nat_value *fwd;
+	const struct tnd_lb_snat_value *sfwd;
 	const struct tnd_lb_backend *be;
 	const struct tnd_lb_value *svc;
 	struct tnd_lb_affinity_key aff = {};
@@ -376,18 +517,25 @@ __noinline int tnd_nodeport_lb(struct __sk_buff *skb, struct tnd_lb_pkt *lp)
 	int wildcard = 0;
 	__u32 id = 0, hash;
 
-	if (!lp)
+	if (!lp || !redirect || !snat)
 		return 0;
 	k = &lp->key;
 	svc = tnd_nodeport_lookup(k, &key, &wildcard);
 	if (!svc)
 		return 0;
 
-	/* A connection already balanced keeps its backend (even a TERMINATING one). */
+	/* A connection already balanced keeps its backend (even a TERMINATING one), and its SNAT. */
 	fwd = bpf_map_lookup_elem(&tnd_lb_nat, k);
 	if (fwd && tnd_lb_backend_get(fwd->backend_id, k->family, 1)) {
 		nv = *fwd;
 		goto dnat;
+	}
+	sfwd = bpf_map_lookup_elem(&tnd_lb_snat, k);
+	if (sfwd && tnd_lb_backend_get(sfwd->backend_id, k->family, 1)) {
+		if (tnd_snat_fwd_rewrite(skb, lp, sfwd))
+			return TND_DROP_WRITE_ERROR;
+		*redirect = skb->ifindex;
+		return 0;
 	}
 	/* New: the wildcard is only for this node's own addresses (not for traffic routed through it). */
 	if (wildcard && tnd_ipcache_identity(k->daddr, k->family) != TND_ID_HOST)
@@ -398,6 +546,11 @@ __noinline int tnd_nodeport_lb(struct __sk_buff *skb, struct tnd_lb_pkt *lp)
 	be = tnd_lb_select(&key, svc, hash, &aff, &id);
 	if (!be)
 		return TND_DROP_NO_SERVICE_BACKEND;
+
+	if (!tnd_lb_backend_local(be->addr, k->family)) {
+		*snat = id | (__u64)svc->rev_nat_id << 32;
+		return 0;
+	}
 
 	tnd_copy_addr16(nv.addr, be->addr);
 	nv.port = be->port;
@@ -419,6 +572,7 @@ __noinline int tnd_nodeport_lb(struct __sk_buff *skb, struct tnd_lb_pkt *lp)
 	if (bpf_map_update_elem(&tnd_lb_nat, &rk, &rv, BPF_ANY) ||
 	    bpf_map_update_elem(&tnd_lb_nat, k, &nv, BPF_ANY))
 		return TND_DROP_CT_MAP_INSERTION_FAILED;
+	bpf_map_delete_elem(&tnd_lb_snat, k);   /* a stale remote-backend entry of this tuple */
 dnat:
 	if (tnd_lb_rewrite(skb, k->family, k->proto, lp->l4_off, 1, k->daddr, nv.addr, k->dport, nv.port))
 		return TND_DROP_WRITE_ERROR;
@@ -447,6 +601,8 @@ int tnd_from_netdev(struct __sk_buff *skb)
 {
 	struct tnd_lb_pkt lp = {};
 	struct tnd_pkt p = {};
+	__u32 redirect = 0;
+	__u64 snat = 0;
 	int reason, ret;
 
 	if (tnd_lb_parse(skb, &lp))
@@ -454,7 +610,15 @@ int tnd_from_netdev(struct __sk_buff *skb)
 	/* The overlay's VXLAN packets are the node's own business, never a NodePort. */
 	if (lp.key.proto == IPPROTO_UDP && lp.key.dport == bpf_htons(TND_VXLAN_PORT))
 		return TC_ACT_OK;
+	/* A remote backend's reply to a SNATed NodePort connection: back to the client. */
+	ret = tnd_nodeport_rev_snat(skb, &lp, &redirect);
+	if (ret > 0)
+		return bpf_redirect_neigh(redirect, NULL, 0, 0);
 	tnd_lb_pkt_to_pkt(skb, &lp, &p);
+	if (ret < 0) {
+		reason = TND_DROP_WRITE_ERROR;
+		goto drop;
+	}
 	/* An L7 ingress rule of the destination pod (not a NodePort: its destination is the node) */
 	ret = tnd_proxy_from_outside(skb, &p, p.remote_id);
 	if (ret < 0) {
@@ -466,9 +630,11 @@ int tnd_from_netdev(struct __sk_buff *skb)
 			tnd_emit(skb, &p, TND_EVENT_TRACE, TND_TRACE_TO_PROXY, 0);
 		return TC_ACT_OK;
 	}
-	reason = tnd_nodeport_lb(skb, &lp);
+	reason = tnd_nodeport_lb(skb, &lp, &redirect, &snat);
+	if (!reason && snat)
+		reason = tnd_nodeport_snat_new(skb, &lp, (__u32)snat, (__u32)(snat >> 32), &redirect);
 	if (!reason)
-		return TC_ACT_OK;
+		return redirect ? bpf_redirect_neigh(redirect, NULL, 0, 0) : TC_ACT_OK;
 
 drop:	/* event as for any packet (ports host order), peer = the client */
 	tnd_metrics_count(reason, TND_METRIC_INGRESS, lp.len);

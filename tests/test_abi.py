@@ -120,6 +120,11 @@ _MODULE_CONSTANTS = {
     "TND_LB_AFFINITY_MAX",
     "TND_LB_SOCK_REVNAT_MAX",
     "TND_LB_NAT_MAX",
+    "TND_LB_SNAT_MAX",
+    "TND_LB_SNAT_PORT_MIN",
+    "TND_LB_SNAT_PORT_MAX",
+    "TND_LB_SNAT_RETRIES",
+    "TND_LB_SNAT_STALE_S",
     "TND_LB_CGROUPS_MAX",
     "TND_MAGLEV_DEFAULT_M",
     "TND_VXLAN_PORT",
@@ -189,6 +194,7 @@ def test_names_and_dtypes():
         "lb_affinity": "tnd_lb_affinity",
         "lb_sock_revnat": "tnd_lb_sock_revnat",
         "lb_nat": "tnd_lb_nat",
+        "lb_snat": "tnd_lb_snat",
         "lb_cgroups": "tnd_lb_cgroups",
     }
     assert abi.MAP_IPCACHE == "tnd_ipcache" and abi.MAP_POLICY == "tnd_policy"

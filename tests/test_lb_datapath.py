@@ -75,6 +75,9 @@ NODE4, NODE6 = "192.0.2.1", "2001:db8:1::1"  # the node's addresses (ipcache: ho
 CLIENT4, CLIENT6 = "198.51.100.7", "2001:db8:2::7"
 POD4, POD6 = "10.244.1.5", "fd00:244:1::5"
 POD4B, POD6B = "10.244.1.6", "fd00:244:1::6"
+REMOTE4, REMOTE6 = "10.244.2.7", "fd00:244:2::7"  # pods of another node (ipcache without ep_id)
+NODE2_4 = "192.0.2.2"  # that node's underlay address
+POD_ID, REMOTE_POD_ID = 20001, 20002  # identities of the pods
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, cgroups, network namespaces)")
 
@@ -104,6 +107,7 @@ class Lb:
         )
         self.sock_revnat = TypedMap(m(abi.MAP_LB_SOCK_REVNAT), abi.LB_SOCK_KEY_DTYPE, abi.LB_SOCK_VALUE_DTYPE)
         self.nat = TypedMap(m(abi.MAP_LB_NAT), abi.LB_NAT_KEY_DTYPE, abi.LB_NAT_VALUE_DTYPE)
+        self.snat = TypedMap(m(abi.MAP_LB_SNAT), abi.LB_NAT_KEY_DTYPE, abi.LB_SNAT_VALUE_DTYPE)
         self.cgroups = TypedMap(m(abi.MAP_LB_CGROUPS), abi.LB_CGROUP_KEY_DTYPE, abi.LB_CGROUP_DTYPE)
         self.settings = TypedMap(m(abi.MAP_SETTINGS), abi.SETTINGS_KEY_DTYPE, abi.SETTINGS_DTYPE)
         self.endpoints = TypedMap(m(abi.MAP_ENDPOINTS), abi.ENDPOINT_KEY_DTYPE, abi.ENDPOINT_INFO_DTYPE)
@@ -168,6 +172,12 @@ class Lb:
     def set_host_ip(self, *ips: str, identity: int = abi.Identity.HOST) -> None:
         for ip in ips:
             self.ipcache.update(abi.ipcache_key(ip), abi.ipcache_value(identity))
+
+    def set_local_pods(self, *ips: str) -> None:
+        """Pods of this node as the agent writes them (ipcache with their endpoint ID): the NodePort
+        LB only DNATs to these; any other backend is SNATed. Default: POD4/POD6 and POD4B/POD6B."""
+        for ip in ips or (POD4, POD6, POD4B, POD6B):
+            self.ipcache.update(abi.ipcache_key(ip), abi.ipcache_value(POD_ID, "", EP_ID))
 
     def add_endpoint(self, ifindex: int, ep_id: int, ipv4: str, ipv6: str) -> None:
         v = np.zeros((), abi.ENDPOINT_INFO_DTYPE)
@@ -787,6 +797,7 @@ def nat_key(saddr, daddr, sport, dport, proto, direction) -> np.void:
 )
 def test_nodeport_dnat_with_valid_checksums(dp, client_ip, node_ip, pod, proto):
     dp.set_host_ip(node_ip)
+    dp.set_local_pods()
     fam = ipaddress.ip_address(node_ip).version
     ids = dp.add_service(None, 30080, proto, [(pod, 8080)], rev_nat_id=30, flags=SVC.NODEPORT, family=fam)
     pkt = frame(client_ip, node_ip, proto, 40000, 30080)
@@ -806,6 +817,7 @@ def test_nodeport_dnat_with_valid_checksums(dp, client_ip, node_ip, pod, proto):
 
 def test_nodeport_udp_without_checksum_keeps_none(dp):
     dp.set_host_ip(NODE4)
+    dp.set_local_pods()
     dp.add_service(None, 30053, UDP, [(POD4, 53)], rev_nat_id=31, flags=SVC.NODEPORT)
     r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, NODE4, UDP, 5000, 30053, udp_csum=False))
     assert r.retval == TC_ACT_OK
@@ -814,6 +826,7 @@ def test_nodeport_udp_without_checksum_keeps_none(dp):
 
 def test_nodeport_frontend_selection(dp):
     dp.set_host_ip(NODE4)
+    dp.set_local_pods()
     dp.add_service(None, 30080, TCP, [(POD4, 8080)], rev_nat_id=32, flags=SVC.NODEPORT)
     # routed through the node, not to it: the wildcard does not apply
     pkt = frame(CLIENT4, "203.0.113.9", TCP, 40000, 30080)
@@ -836,6 +849,7 @@ def test_nodeport_frontend_selection(dp):
 
 def test_nodeport_connection_keeps_its_backend(dp):
     dp.set_host_ip(NODE4)
+    dp.set_local_pods()
     ids = dp.add_service(None, 30080, TCP, [(POD4, 8080), (POD4B, 8080)], rev_nat_id=35, flags=SVC.NODEPORT)
     first = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, NODE4, TCP, 40000, 30080)).data_out
     pod = POD4 if first == frame(CLIENT4, POD4, TCP, 40000, 8080) else POD4B
@@ -863,6 +877,7 @@ def test_nodeport_connection_keeps_its_backend(dp):
 
 def test_nodeport_maglev_uses_the_tuple_hash(dp):
     dp.set_host_ip(NODE6)
+    dp.set_local_pods()
     ids = dp.add_service(
         None,
         30443,
@@ -883,6 +898,7 @@ def test_nodeport_maglev_uses_the_tuple_hash(dp):
 
 def test_nodeport_affinity_by_client_address(dp):
     dp.set_host_ip(NODE4)
+    dp.set_local_pods()
     ids = dp.add_service(
         None,
         30080,
@@ -905,6 +921,7 @@ def test_nodeport_affinity_by_client_address(dp):
 
 def test_nodeport_without_backends_drops(dp):
     dp.set_host_ip(NODE4)
+    dp.set_local_pods()
     dp.add_service(None, 30080, TCP, [], rev_nat_id=38, flags=SVC.NODEPORT)
     pkt = frame(CLIENT4, NODE4, TCP, 40000, 30080)
     assert dp.run(abi.PROG_FROM_NETDEV, pkt).retval == TC_ACT_SHOT
@@ -927,6 +944,7 @@ def test_nodeport_without_backends_drops(dp):
 )
 def test_nodeport_reply_reverse_nat_in_from_container(dp, client_ip, node_ip, pod, proto):
     dp.set_host_ip(node_ip)
+    dp.set_local_pods()
     dp.add_endpoint(IFINDEX, EP_ID, POD4, POD6)
     fam = ipaddress.ip_address(node_ip).version
     dp.add_service(None, 30080, proto, [(pod, 8080)], rev_nat_id=39, flags=SVC.NODEPORT, family=fam)
@@ -945,6 +963,148 @@ def test_nodeport_reply_reverse_nat_in_from_container(dp, client_ip, node_ip, po
     other = frame(pod, client_ip, proto, 8081, 40000, flags=ACK)
     r = dp.run(abi.PROG_FROM_CONTAINER, other)
     assert r.retval == TC_ACT_OK and r.data_out == other
+
+
+# ---- NodePort: SNAT to a backend on another node ------------------------------------------------------
+
+SNAT_RANGE = abi.LB_SNAT_PORT_MAX - abi.LB_SNAT_PORT_MIN + 1
+
+
+def snat_port(client: str, node: str, sport: int, dport: int, proto: int, attempt: int = 0) -> int:
+    """The SNAT port sock.c tries first (attempt 0) for a connection, then the next candidates."""
+    h = tuple_hash(nat_key(client, node, sport, dport, proto, NAT.FWD))
+    return abi.LB_SNAT_PORT_MIN + (h + attempt * 7919) % (1 << 32) % SNAT_RANGE
+
+
+def set_remote_pods(dp: Lb) -> None:
+    for ip in (REMOTE4, REMOTE6):
+        dp.ipcache.update(abi.ipcache_key(ip), abi.ipcache_value(REMOTE_POD_ID, NODE2_4))
+
+
+@pytest.mark.parametrize(
+    ("client_ip", "node_ip", "pod", "proto"),
+    [
+        (CLIENT4, NODE4, REMOTE4, TCP),
+        (CLIENT4, NODE4, REMOTE4, UDP),
+        (CLIENT6, NODE6, REMOTE6, TCP),
+        (CLIENT6, NODE6, REMOTE6, UDP),
+    ],
+)
+def test_nodeport_snat_to_remote_backend_and_back(dp, client_ip, node_ip, pod, proto):
+    dp.set_host_ip(node_ip)
+    set_remote_pods(dp)
+    fam = ipaddress.ip_address(node_ip).version
+    ids = dp.add_service(None, 30080, proto, [(pod, 8080)], rev_nat_id=45, flags=SVC.NODEPORT, family=fam)
+    port = snat_port(client_ip, node_ip, 40000, 30080, proto)
+    assert abi.LB_SNAT_PORT_MIN <= port <= abi.LB_SNAT_PORT_MAX
+
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(client_ip, node_ip, proto, 40000, 30080))
+    assert r.retval == TC_ACT_REDIRECT, "sent towards the other node (bpf_redirect_neigh), not to the stack"
+    assert r.data_out == frame(node_ip, pod, proto, port, 8080), "SNAT to the node address + DNAT"
+    check_checksums(r.data_out)
+    fwd = dp.snat.lookup(nat_key(client_ip, node_ip, 40000, 30080, proto, NAT.FWD))
+    assert bytes(fwd["addr"]) == addr16(pod) and fwd["port"] == 8080
+    assert bytes(fwd["nat_addr"]) == addr16(node_ip) and fwd["nat_port"] == port
+    assert (fwd["backend_id"], fwd["rev_nat_id"]) == (ids[0], 45)
+    rev = dp.snat.lookup(nat_key(pod, node_ip, 8080, port, proto, NAT.REV))
+    assert bytes(rev["addr"]) == addr16(client_ip) and rev["port"] == 40000
+    assert bytes(rev["nat_addr"]) == addr16(node_ip) and rev["nat_port"] == 30080
+    assert (rev["backend_id"], rev["rev_nat_id"], rev["ifindex"]) == (ids[0], 45, IFINDEX)
+    assert len(list(dp.nat.items())) == 0, "no DNAT-only entries for a remote backend"
+    assert len(list(dp.snat.items())) == 2
+
+    # later packets keep the mapping, even when the backend set changes
+    dp.add_service(
+        None,
+        30080,
+        proto,
+        [(REMOTE4 if fam == 4 else REMOTE6, 9999)] * 2,
+        rev_nat_id=45,
+        flags=SVC.NODEPORT,
+        family=fam,
+    )
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(client_ip, node_ip, proto, 40000, 30080, flags=ACK))
+    assert r.retval == TC_ACT_REDIRECT
+    assert r.data_out == frame(node_ip, pod, proto, port, 8080, flags=ACK)
+
+    # the backend's reply, arriving from the other node: back to the client, from the frontend
+    reply = frame(pod, node_ip, proto, 8080, port, flags=SYN | ACK)
+    r = dp.run(abi.PROG_FROM_NETDEV, reply)
+    assert r.retval == TC_ACT_REDIRECT, "out of the device the request came in on"
+    assert r.data_out == frame(node_ip, client_ip, proto, 30080, 40000, flags=SYN | ACK)
+    check_checksums(r.data_out)
+    # another port of the node, or another backend port: not a SNATed reply, untouched
+    for other in (
+        frame(pod, node_ip, proto, 8080, port + 1 if port < abi.LB_SNAT_PORT_MAX else port - 1),
+        frame(pod, node_ip, proto, 8081, port),
+    ):
+        r = dp.run(abi.PROG_FROM_NETDEV, other)
+        assert (r.retval, r.data_out) == (TC_ACT_OK, other)
+    assert len(dp.events()) == 0, "translations are not events; nothing was dropped"
+
+
+def test_nodeport_snat_exact_frontend_and_local_backend_mix(dp):
+    """An exact node-address frontend SNATs to that address; a local backend of the same service is
+    only DNATed (tnd_lb_nat, reply through tnd_from_container) as before."""
+    set_remote_pods(dp)
+    dp.set_local_pods()
+    front = "203.0.113.9"
+    dp.add_service(front, 30080, TCP, [(REMOTE4, 8080)], rev_nat_id=46, flags=SVC.NODEPORT)
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, front, TCP, 40001, 30080))
+    assert r.retval == TC_ACT_REDIRECT
+    assert r.data_out == frame(front, REMOTE4, TCP, snat_port(CLIENT4, front, 40001, 30080, TCP), 8080)
+    dp.add_service(front, 30080, TCP, [(POD4, 8080)], rev_nat_id=46, flags=SVC.NODEPORT)
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, front, TCP, 40002, 30080))
+    assert r.retval == TC_ACT_OK and r.data_out == frame(CLIENT4, POD4, TCP, 40002, 8080)
+    assert dp.nat.lookup(nat_key(POD4, CLIENT4, 8080, 40002, TCP, NAT.REV)) is not None
+    assert dp.snat.lookup(nat_key(CLIENT4, front, 40002, 30080, TCP, NAT.FWD)) is None
+    # the earlier SNATed connection still has its remote backend
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, front, TCP, 40001, 30080, flags=ACK))
+    assert r.retval == TC_ACT_REDIRECT and r.data_out[30:34] == ipaddress.IPv4Address(REMOTE4).packed
+    # a backend that is the node itself (host network) is not SNATed either
+    dp.add_service(front, 30080, TCP, [(NODE4, 8080)], rev_nat_id=46, flags=SVC.NODEPORT)
+    dp.set_host_ip(NODE4)
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, front, TCP, 40003, 30080))
+    assert r.retval == TC_ACT_OK and r.data_out == frame(CLIENT4, NODE4, TCP, 40003, 8080)
+
+
+def _hold_port(dp: Lb, port: int, last_used_s: int, client: str = "198.51.100.99") -> None:
+    """A REV entry of another client's connection on REMOTE4:8080 -> NODE4:port."""
+    v = np.zeros((), abi.LB_SNAT_VALUE_DTYPE)
+    v["addr"] = np.frombuffer(addr16(client), np.uint8)
+    v["nat_addr"] = np.frombuffer(addr16(NODE4), np.uint8)
+    v["port"], v["nat_port"], v["last_used_s"] = 50000, 30080, last_used_s
+    dp.snat.update(nat_key(REMOTE4, NODE4, 8080, port, TCP, NAT.REV), v)
+
+
+def test_nodeport_snat_port_collisions(dp):
+    dp.set_host_ip(NODE4)
+    set_remote_pods(dp)
+    dp.add_service(None, 30080, TCP, [(REMOTE4, 8080)], rev_nat_id=47, flags=SVC.NODEPORT)
+    now_s = int(time.clock_gettime(6)) - 1  # CLOCK_MONOTONIC_COARSE, as bpf_ktime_get_coarse_ns()
+    assert now_s > abi.LB_SNAT_STALE_S + 10, "the machine must have been up for a while"
+    # the first candidate is held by a live connection: the second one is used
+    _hold_port(dp, snat_port(CLIENT4, NODE4, 40000, 30080, TCP), now_s)
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, NODE4, TCP, 40000, 30080))
+    assert r.data_out == frame(NODE4, REMOTE4, TCP, snat_port(CLIENT4, NODE4, 40000, 30080, TCP, 1), 8080)
+    # a candidate whose connection has been silent for longer than LB_SNAT_STALE_S is reused
+    _hold_port(dp, snat_port(CLIENT4, NODE4, 40001, 30080, TCP), now_s - abi.LB_SNAT_STALE_S - 5)
+    r = dp.run(abi.PROG_FROM_NETDEV, frame(CLIENT4, NODE4, TCP, 40001, 30080))
+    port = snat_port(CLIENT4, NODE4, 40001, 30080, TCP)
+    assert r.data_out == frame(NODE4, REMOTE4, TCP, port, 8080)
+    rev = dp.snat.lookup(nat_key(REMOTE4, NODE4, 8080, port, TCP, NAT.REV))
+    assert bytes(rev["addr"]) == addr16(CLIENT4) and rev["port"] == 40001
+    # every candidate held: dropped with "No mapping for NAT masquerade", event + metric
+    for i in range(abi.LB_SNAT_RETRIES):
+        _hold_port(dp, snat_port(CLIENT4, NODE4, 40002, 30080, TCP, i), now_s)
+    pkt = frame(CLIENT4, NODE4, TCP, 40002, 30080)
+    r = dp.run(abi.PROG_FROM_NETDEV, pkt)
+    assert r.retval == TC_ACT_SHOT
+    (e,) = dp.events()
+    assert (e["type"], e["subtype"]) == (ET.DROP, abi.DropReason.NAT_NO_MAPPING)
+    assert bytes(e["saddr"]) == addr16(CLIENT4) and (e["sport"], e["dport"]) == (40002, 30080)
+    assert dp.metric(abi.DropReason.NAT_NO_MAPPING, abi.MetricDirection.INGRESS) == 1
+    assert dp.snat.lookup(nat_key(CLIENT4, NODE4, 40002, 30080, TCP, NAT.FWD)) is None
 
 
 # ---- NodePort: real traffic through client, node and pod namespaces -----------------------------------
@@ -1046,6 +1206,7 @@ def test_nodeport_real_traffic(dp):
             lxc0 = ipr.link_lookup(ifname="lxc0")[0]
         dp.add_endpoint(lxc0, EP_ID, "10.244.1.5", "fd00:244:1::5")
         dp.set_host_ip("198.51.100.1", "2001:db8:2::1")
+        dp.set_local_pods("10.244.1.5", "fd00:244:1::5")
         for proto in (TCP, UDP):
             dp.add_service(
                 None, 30080, proto, [("10.244.1.5", 8080)], rev_nat_id=40 + proto, flags=SVC.NODEPORT

@@ -347,6 +347,105 @@ def test_round_robin_placement_services_and_dns_across_nodes(cluster: Cluster) -
         tendril("delete", "-f", "-", "--lab", cluster.lab.name, input=SPREAD)
 
 
+NODEPORTS = """
+apiVersion: v1
+kind: Service
+metadata: {{name: np-remote, namespace: alpha}}
+spec:
+  type: NodePort
+  selector: {{app: server}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30091}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: np-both, namespace: alpha}}
+spec:
+  type: NodePort
+  selector: {{app: np}}
+  ports: [{{port: 80, targetPort: 8080, nodePort: 30092}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: np1, namespace: alpha, labels: {{app: np}}}}
+spec:
+  nodeName: {n1}
+  containers: [{{name: http, command: [tendril, workload, http-echo, --port, "8080"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: np2, namespace: alpha, labels: {{app: np}}}}
+spec:
+  nodeName: {n2}
+  containers: [{{name: http, command: [tendril, workload, http-echo, --port, "8080"]}}]
+"""
+
+NODEPORT_CLIENT = r"""
+import json, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        s.settimeout(3)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+        out.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["pod"])
+    except OSError as e:
+        out.append("error: " + type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def test_nodeport_reaches_backends_on_other_nodes(cluster: Cluster) -> None:
+    """externalTrafficPolicy Cluster: a NodePort connection whose backend is on the other node is
+    SNATed to the node address (Cilium's SNAT mode), so the reply comes back through the node the
+    client talked to: every connection succeeds, on either node, whichever backend is picked."""
+    tendril("apply", "-f", "-", "--lab", cluster.lab.name,
+            input=NODEPORTS.format(n1=cluster.n1, n2=cluster.n2))  # fmt: skip
+    try:
+        cluster.lab.wait_running("alpha", ["np1", "np2"], timeout=40)
+        ips = [n["underlay_ip"] for n in cluster.record()["nodes"]]
+
+        def curl(node_ip: str, port: int, n: int) -> list[str]:
+            r = subprocess.run(
+                nsenter_argv(
+                    f"tnd-{cluster.lab.name}-world",
+                    [sys.executable, "-c", NODEPORT_CLIENT, node_ip, str(port), str(n)],
+                ),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            return json.loads(r.stdout)
+
+        # the services reach both agents (and the kvstore) before the first request
+        wait_for("np-both has both backends on node 1",
+                 lambda: set(curl(ips[0], 30092, 6)) == {"np1", "np2"}, timeout=30)  # fmt: skip
+        # the only backend is on node 2: node 1 must SNAT, node 2 only DNATs
+        assert curl(ips[0], 30091, 10) == ["server"] * 10
+        assert curl(ips[1], 30091, 10) == ["server"] * 10
+        # backends on both nodes: every connection succeeds, and both are used, from either node
+        for ip in ips:
+            got = curl(ip, 30092, 20)
+            assert sorted(set(got)) == ["np1", "np2"], got
+        # the backend sees the node the client talked to (remote-node), on a SNAT port
+        flows = [
+            f
+            for f in cluster.flows(cluster.n2)
+            if (f.get("destination") or {}).get("pod_name") == "server"
+            and f["source_ip"] == ips[0]
+            and f["destination_port"] == 8080
+        ]
+        assert flows and {f["verdict"] for f in flows} == {"FORWARDED"}
+        assert all(61000 <= f["source_port"] <= 65535 for f in flows)
+    finally:
+        tendril("delete", "-f", "-", "--lab", cluster.lab.name,
+                input=NODEPORTS.format(n1=cluster.n1, n2=cluster.n2), check=False)  # fmt: skip
+
+
 def test_relay_merges_nodes(cluster: Cluster) -> None:
     from tendril.hubble.api import observer_pb2, observer_pb2_grpc, relay_pb2
 

@@ -48,6 +48,7 @@
 
 _Static_assert(sizeof(struct tnd_lb_key) == 24 && sizeof(struct tnd_lb_value) == 16 &&
 	       sizeof(struct tnd_lb_nat_key) == 40 && sizeof(struct tnd_lb_nat_value) == 32 &&
+	       sizeof(struct tnd_lb_snat_value) == 56 &&
 	       sizeof(struct tnd_lb_sock_key) == 32 && sizeof(struct tnd_lb_sock_value) == 24,
 	       "LB struct sizes changed: update lb.h (hash length) and abi.py");
 

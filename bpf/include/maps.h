@@ -208,6 +208,14 @@ struct {
 } tnd_lb_nat SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TND_LB_SNAT_MAX);
+	__type(key, struct tnd_lb_nat_key);
+	__type(value, struct tnd_lb_snat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tnd_lb_snat SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TND_LB_CGROUPS_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);

@@ -46,6 +46,7 @@
 #define TND_DROP_INVALID_IPV6_EXTHDR     156
 #define TND_DROP_POLICY_DENY             181  /* "Policy denied by denylist": a deny rule matched */
 #define TND_DROP_NO_SERVICE_BACKEND      158  /* "Service backend not found" */
+#define TND_DROP_NAT_NO_MAPPING          167  /* "No mapping for NAT masquerade": no free NodePort SNAT port */
 #define TND_DROP_SOCKET_LOOKUP_FAILED    178  /* "Socket lookup failed": L7 redirect, no proxy listening */
 #define TND_DROP_SOCKET_ASSIGN_FAILED    179  /* "Socket assign failed": L7 redirect, bpf_sk_assign failed */
 
@@ -356,6 +357,14 @@ struct tnd_policy_value {
  *   arrives) -> the backend, so every later packet of the connection goes to the same backend; dir
  *   TND_LB_NAT_REV keyed by the reply tuple (backend -> client) -> the frontend address and port the
  *   client used, so tnd_from_container can SNAT the reply back (and redirect it out of ifindex).
+ *   Only connections whose backend is a pod of this node (ipcache ep_id) are here.
+ * tnd_lb_snat (LRU_HASH): packet-LB (NodePort) connections whose backend is NOT a pod of this node
+ *   (on another node, or outside the cluster), SNATed to the node address the client targeted and
+ *   a port from TND_LB_SNAT_PORT_MIN..MAX so that the reply comes back through this node. Keys are
+ *   tnd_lb_nat_key, two entries per connection, written by tnd_from_netdev: dir TND_LB_NAT_FWD keyed
+ *   by the client's tuple (client -> frontend) -> {backend, SNAT address and port}; dir
+ *   TND_LB_NAT_REV keyed by the backend's reply tuple (backend -> node address:SNAT port) -> {client
+ *   address and port, frontend address and port, ifindex the request came in on}.
  * tnd_lb_cgroups (HASH): cgroup v2 id (the inode number of the pod's cgroup directory, what
  *   bpf_get_current_cgroup_id() returns for its processes) -> tnd_lb_cgroup (the pod's endpoint ID
  *   for socket-LB events; 0 when the cgroup has no entry).
@@ -468,6 +477,26 @@ struct tnd_lb_nat_value {
 	__u32 pad;
 };
 
+struct tnd_lb_snat_value {
+	__u8  addr[16];     /* FWD: the backend; REV: the client */
+	__u8  nat_addr[16]; /* FWD: the SNAT source (a node address); REV: the frontend address */
+	__be16 port;        /* FWD: backend port; REV: client port */
+	__be16 nat_port;    /* FWD: the SNAT source port; REV: frontend port */
+	__u16 rev_nat_id;
+	__u16 pad;
+	__u32 backend_id;
+	__u32 ifindex;      /* REV: device the request arrived on (the reply leaves through it) */
+	__u32 last_used_s;  /* REV: bpf_ktime_get_coarse_ns() / 1e9 at its last reply or (re)use */
+	__u32 pad2;
+};
+
+/* SNAT source ports: above the kernel's default ephemeral range (ip_local_port_range 32768-60999),
+ * so the node's own connections from the same address never collide with them. */
+#define TND_LB_SNAT_PORT_MIN  61000
+#define TND_LB_SNAT_PORT_MAX  65535
+#define TND_LB_SNAT_RETRIES   8      /* ports tried for a new connection before dropping it */
+#define TND_LB_SNAT_STALE_S   300    /* a REV entry without replies for this long may be reused */
+
 struct tnd_lb_cgroup {
 	__u16 ep_id;
 	__u16 pad0;
@@ -479,6 +508,7 @@ struct tnd_lb_cgroup {
 #define TND_LB_AFFINITY_MAX   65536
 #define TND_LB_SOCK_REVNAT_MAX 262144
 #define TND_LB_NAT_MAX        262144
+#define TND_LB_SNAT_MAX       262144
 #define TND_LB_CGROUPS_MAX    4096
 #define TND_MAGLEV_DEFAULT_M  16381
 

@@ -73,6 +73,7 @@ class DropReason(IntEnum):
     CT_MAP_INSERTION_FAILED = 155
     INVALID_IPV6_EXTHDR = 156
     NO_SERVICE_BACKEND = 158  # "Service backend not found"
+    NAT_NO_MAPPING = 167  # "No mapping for NAT masquerade": no free NodePort SNAT port
     SOCKET_LOOKUP_FAILED = 178  # L7 redirect: no proxy listener in the node
     SOCKET_ASSIGN_FAILED = 179  # L7 redirect: bpf_sk_assign refused the proxy's socket
     POLICY_DENY = 181  # "Policy denied by denylist": a deny rule matched
@@ -212,6 +213,11 @@ LB_BACKENDS_MAX = 65536
 LB_AFFINITY_MAX = 65536
 LB_SOCK_REVNAT_MAX = 262144
 LB_NAT_MAX = 262144
+LB_SNAT_MAX = 262144
+LB_SNAT_PORT_MIN = 61000  # NodePort SNAT source ports (above the default ip_local_port_range)
+LB_SNAT_PORT_MAX = 65535
+LB_SNAT_RETRIES = 8  # ports tried for a new connection
+LB_SNAT_STALE_S = 300  # a REV entry without replies for this long may be reused
 LB_CGROUPS_MAX = 4096
 MAGLEV_DEFAULT_M = 16381  # size of a Maglev table (a prime); inner maps may use other primes
 MAP_F_INNER_MAP = 1 << 12  # BPF_F_INNER_MAP: Maglev inner arrays (and the template) carry it
@@ -494,6 +500,21 @@ LB_NAT_VALUE_DTYPE = _struct(
     ],
     32,
 )
+LB_SNAT_VALUE_DTYPE = _struct(
+    [
+        ("addr", ("u1", 16)),  # FWD: the backend; REV: the client
+        ("nat_addr", ("u1", 16)),  # FWD: the SNAT source (node address); REV: the frontend address
+        ("port", ">u2"),  # FWD: backend port; REV: client port
+        ("nat_port", ">u2"),  # FWD: SNAT source port; REV: frontend port
+        ("rev_nat_id", "u2"),
+        ("pad", "u2"),
+        ("backend_id", "u4"),
+        ("ifindex", "u4"),  # REV: the device the request arrived on
+        ("last_used_s", "u4"),  # REV: coarse monotonic seconds of its last reply or (re)use
+        ("pad2", "u4"),
+    ],
+    56,
+)
 LB_CGROUP_KEY_DTYPE = np.dtype("u8")  # cgroup v2 id = inode number of the cgroup directory
 LB_CGROUP_DTYPE = _struct([("ep_id", "u2"), ("pad0", "u2"), ("pad1", "u4")], 8)
 LB_MAGLEV_KEY_DTYPE = np.dtype("u2")  # rev_nat_id -> inner ARRAY u32 index -> u32 backend ID
@@ -521,6 +542,7 @@ C_STRUCTS: dict[str, np.dtype] = {
     "tnd_lb_sock_value": LB_SOCK_VALUE_DTYPE,
     "tnd_lb_nat_key": LB_NAT_KEY_DTYPE,
     "tnd_lb_nat_value": LB_NAT_VALUE_DTYPE,
+    "tnd_lb_snat_value": LB_SNAT_VALUE_DTYPE,
     "tnd_lb_cgroup": LB_CGROUP_DTYPE,
 }
 
@@ -543,6 +565,7 @@ MAP_LB_MAGLEV = "tnd_lb_maglev"  # hash of maps u16 rev_nat_id -> ARRAY[M] of u3
 MAP_LB_AFFINITY = "tnd_lb_affinity"  # LRU tnd_lb_affinity_key -> tnd_lb_affinity_value (datapath)
 MAP_LB_SOCK_REVNAT = "tnd_lb_sock_revnat"  # LRU tnd_lb_sock_key -> tnd_lb_sock_value (datapath)
 MAP_LB_NAT = "tnd_lb_nat"  # LRU tnd_lb_nat_key -> tnd_lb_nat_value (datapath)
+MAP_LB_SNAT = "tnd_lb_snat"  # LRU tnd_lb_nat_key -> tnd_lb_snat_value (datapath: NodePort SNAT)
 MAP_LB_CGROUPS = "tnd_lb_cgroups"  # hash u64 cgroup id -> tnd_lb_cgroup (agent)
 
 MAP_NAMES: dict[str, str] = {
@@ -563,6 +586,7 @@ MAP_NAMES: dict[str, str] = {
     "lb_affinity": MAP_LB_AFFINITY,
     "lb_sock_revnat": MAP_LB_SOCK_REVNAT,
     "lb_nat": MAP_LB_NAT,
+    "lb_snat": MAP_LB_SNAT,
     "lb_cgroups": MAP_LB_CGROUPS,
 }
 
@@ -581,6 +605,7 @@ MAP_DTYPES: dict[str, tuple[np.dtype, np.dtype]] = {
     MAP_LB_AFFINITY: (LB_AFFINITY_KEY_DTYPE, LB_AFFINITY_VALUE_DTYPE),
     MAP_LB_SOCK_REVNAT: (LB_SOCK_KEY_DTYPE, LB_SOCK_VALUE_DTYPE),
     MAP_LB_NAT: (LB_NAT_KEY_DTYPE, LB_NAT_VALUE_DTYPE),
+    MAP_LB_SNAT: (LB_NAT_KEY_DTYPE, LB_SNAT_VALUE_DTYPE),
     MAP_LB_CGROUPS: (LB_CGROUP_KEY_DTYPE, LB_CGROUP_DTYPE),
 }
 # tnd_policy's values are inner maps (an fd to update, an ID on lookup), each inner map

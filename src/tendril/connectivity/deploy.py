@@ -269,8 +269,8 @@ def _services_yaml(namespace: str, echo_names: list[str]) -> str:
             f"labels: {{kind: echo}}}}\nspec:\n  selector: {{name: {name}}}\n"
             f"  ports: [{{name: http, port: {ECHO_PORT}}}]\n"
         )
-    # The NodePort service's backend is the echo server on the last node: a NodePort reached on a
-    # node's own address is DNATed there, and the lab's packet LB only reaches local backends.
+    # The NodePort service's backend is the echo server on the last node: reached on that node's
+    # address it is DNATed there, on any other node's it is SNATed to the node and sent across.
     docs.append(
         f"apiVersion: v1\nkind: Service\nmetadata: {{name: {NODEPORT_SERVICE}, namespace: {namespace}, "
         f"labels: {{kind: echo}}}}\nspec:\n  type: NodePort\n  selector: {{name: {echo_names[-1]}}}\n"
