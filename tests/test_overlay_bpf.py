@@ -391,6 +391,9 @@ def test_netdev_passes_vxlan_even_if_a_nodeport_matches(odp):
     """A (silly) NodePort on UDP 8472 would DNAT tunnel packets; the VXLAN port check comes first."""
     node_ip, backend = "198.18.0.11", "10.0.0.1"
     odp.ipcache.update(abi.ipcache_key(node_ip), abi.ipcache_value(ID.HOST))
+    odp.ipcache.update(
+        abi.ipcache_key(backend), abi.ipcache_value(300, "", 1)
+    )  # a pod of this node: DNAT only
     lbs = TypedMap(odp.lxc.map(abi.MAP_LB_SERVICES), abi.LB_KEY_DTYPE, abi.LB_VALUE_DTYPE)
     lbb = TypedMap(odp.lxc.map(abi.MAP_LB_BACKENDS), abi.LB_BACKEND_KEY_DTYPE, abi.LB_BACKEND_DTYPE)
     lbb.update(5, abi.lb_backend(backend, 8000, 17))
