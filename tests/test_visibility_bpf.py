@@ -16,7 +16,7 @@ import pytest
 
 import test_datapath_unit
 from tendril.bpf import RingBufferReader, TypedMap, abi
-from tendril.hubble.parser.http_snap import HttpPairing, Request, Response, parse_start
+from tendril.hubble.parser.http_snap import HttpPairing, Request, Response, parse_messages, parse_start
 from test_datapath_unit import (
     ACK,
     EP_ID,
@@ -185,3 +185,36 @@ def test_pairing_is_bounded() -> None:
     pairing = HttpPairing(max_connections=4)
     assert len(list(pairing.feed(recs))) == 10
     assert pairing.open_requests == 4  # the six oldest connections were forgotten
+
+
+def test_pipelined_messages_in_one_segment(dp: Datapath) -> None:
+    """Small pipelined requests (and their answers) that share a segment are all paired."""
+    opt_in(dp)
+    handshake(dp)
+    two = b"GET /a HTTP/1.1\r\nHost: s\r\n\r\nGET /b HTTP/1.1\r\nHost: s\r\n\r\n"
+    answers = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    )
+    dp.run(FROM, seg(POD4, PEER4, 40000, 80, two, seq=1000))
+    dp.run(TO, seg(PEER4, POD4, 80, 40000, answers, seq=5000))
+    pairing = HttpPairing()
+    out = [e for e in pairing.feed(snaps(dp)) if e.response is not None]
+    assert [(e.request.url, e.response.code) for e in out] == [("/a", 200), ("/b", 404)]
+    assert pairing.unmatched == 0 and pairing.open_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "urls_or_codes"),
+    [
+        (b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n", ["/a", "/b", "/c"]),
+        (b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\n\r\n", ["/a", "/b"]),
+        (b"POST /a HTTP/1.1\r\nContent-Length: 300\r\n\r\nabc", ["/a"]),  # body beyond the snap
+        (b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET /x HTTP/1.1", ["/a"]),
+        (b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n", [204, 200]),
+        (b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n", [200]),  # body until close: stop
+        (b"GET /a HTTP/1.1\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", ["/a"]),  # never mixes directions
+    ],
+)
+def test_parse_messages(raw: bytes, urls_or_codes: list) -> None:
+    got = [m.url if isinstance(m, Request) else m.code for m in parse_messages(raw)]
+    assert got == urls_or_codes

@@ -11,10 +11,10 @@
  * comparison, and only message starts are copied. A message's later
  * segments (bodies) never match, so an upload costs one snap.
  *
- * Limits (by design): plain text only (TLS looks like nothing here), one
- * message start per segment (a pipelined second request in the same
- * segment is not seen), the line must fit in TND_SNAP_LEN bytes to be
- * parsed whole (the agent truncates longer URLs).
+ * Limits (by design): plain text only (TLS looks like nothing here); only
+ * what the first TND_SNAP_LEN bytes of a segment hold is seen (pipelined
+ * messages sharing a segment only when they end inside the snap, lines
+ * longer than the snap cut: the agent truncates long URLs).
  */
 #ifndef TND_VISIBILITY_H
 #define TND_VISIBILITY_H

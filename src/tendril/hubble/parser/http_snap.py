@@ -7,9 +7,10 @@ closes the oldest open one, in order, as HTTP/1.1 pipelining requires, and the t
 kernel timestamps is the latency. The same exchange seen at both ends (two endpoints that opted in)
 is two exchanges, one per endpoint, as Hubble reports one per proxy.
 
-What the snap cannot show is documented, not guessed: only the first message of a segment (a second
-pipelined request in the same segment is not seen), only what fits in the snap (longer URLs are cut
-at the snap's end, and headers are read only from that prefix), plain text only (TLS never matches).
+What the snap cannot show is documented, not guessed: only what fits in the snap (longer URLs are
+cut at the snap's end, headers are read only from that prefix, a second pipelined message in the
+same segment is seen only when the first one, body included, ends inside the snap), plain text only
+(TLS never matches).
 Retransmitted segments are recognised by their sequence number and counted once.
 """
 
@@ -62,12 +63,48 @@ def parse_start(data: bytes) -> Request | Response | None:
     return None
 
 
-def _host(headers: bytes) -> str:
+def _header(headers: bytes, wanted: bytes) -> str | None:
     for raw in headers.split(b"\r\n"):
         name, colon, value = raw.partition(b":")
-        if colon and name.strip().lower() == b"host":
+        if colon and name.strip().lower() == wanted:
             return value.strip().decode("ascii", "replace")
-    return ""
+    return None
+
+
+def _host(headers: bytes) -> str:
+    return _header(headers, b"host") or ""
+
+
+def parse_messages(data: bytes) -> list[Request | Response]:
+    """Every message whose start line the snap holds: a pipelined client's small requests (or a
+    server's small answers) often share one segment. The next message is only looked for after a
+    complete header block and a body whose length is known (Content-Length, or none for a request
+    without one; 1xx/204/304 answers): chunked or unknown bodies end the search."""
+    out: list[Request | Response] = []
+    while data:
+        msg = parse_start(data)
+        if msg is None or (out and type(msg) is not type(out[0])):
+            break
+        out.append(msg)
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            break
+        head, rest = data[:end], data[end + 4 :]
+        length_text = _header(head, b"content-length")
+        if length_text is not None:
+            if not length_text.isdigit():
+                break
+            length = int(length_text)
+        elif _header(head, b"transfer-encoding") is not None:
+            break
+        elif isinstance(msg, Response) and not (100 <= msg.code < 200 or msg.code in (204, 304)):
+            break  # the body runs until the connection closes
+        else:
+            length = 0
+        if length > len(rest):
+            break
+        data = rest[length:]
+    return out
 
 
 class Side(NamedTuple):
@@ -139,37 +176,38 @@ class HttpPairing:
         )
         ingress_bit = int(abi.EventFlags.INGRESS)
         for i, (cap, version, sport, dport, flags, ep_id, seq, ts, remote) in enumerate(columns):
-            msg = parse_start(data[i * snap : i * snap + cap])
-            if msg is None:
+            messages = parse_messages(data[i * snap : i * snap + cap])
+            if not messages:
                 self.unparsed += 1
                 continue
             src, dst = saddr[i * 16 : i * 16 + 16], daddr[i * 16 : i * 16 + 16]
-            is_request = isinstance(msg, Request)
+            is_request = isinstance(messages[0], Request)
             # A request goes client -> server; a response server -> client.
             key = (ep_id, src, sport, dst, dport) if is_request else (ep_id, dst, dport, src, sport)
             if self._retransmit(key, is_request, seq):
                 continue
-            if is_request:
-                ex = Exchange(
-                    ep_id=ep_id,
-                    client=self._side(src, version, sport),
-                    server=self._side(dst, version, dport),
-                    peer_identity=remote,
-                    egress=not flags & ingress_bit,
-                    request=msg,
-                    request_ns=ts,
-                )
-                self._push(key, ex)
-                yield ex
-                continue
-            pending = self._open.get(key)
-            if not pending:
-                self.unmatched += 1
-                continue
-            ex = pending.popleft()
-            if not pending:
-                del self._open[key]
-            yield ex._replace(response=msg, response_ns=ts)
+            for msg in messages:
+                if isinstance(msg, Request):
+                    ex = Exchange(
+                        ep_id=ep_id,
+                        client=self._side(src, version, sport),
+                        server=self._side(dst, version, dport),
+                        peer_identity=remote,
+                        egress=not flags & ingress_bit,
+                        request=msg,
+                        request_ns=ts,
+                    )
+                    self._push(key, ex)
+                    yield ex
+                    continue
+                pending = self._open.get(key)
+                if not pending:
+                    self.unmatched += 1
+                    continue
+                ex = pending.popleft()
+                if not pending:
+                    del self._open[key]
+                yield ex._replace(response=msg, response_ns=ts)
 
     def _retransmit(self, key: ConnKey, is_request: bool, seq: int) -> bool:
         """A segment whose sequence number is the last message start of its direction or a little
