@@ -445,11 +445,7 @@ __noinline int tnd_nodeport_snat_new(struct __sk_buff *skb, struct tnd_lb_pkt *l
 		rk.dport = port;
 		old = bpf_map_lookup_elem(&tnd_lb_snat, &rk);
 		if (old && (__s32)(now_s - old->last_used_s) <= TND_LB_SNAT_STALE_S &&
-		    !(old->port == k->sport && old->nat_port == k->dport &&
-		      *(const __u32 *)old->addr == *(const __u32 *)k->saddr &&
-		      *(const __u32 *)&old->addr[4] == *(const __u32 *)&k->saddr[4] &&
-		      *(const __u32 *)&old->addr[8] == *(const __u32 *)&k->saddr[8] &&
-		      *(const __u32 *)&old->addr[12] == *(const __u32 *)&k->saddr[12]))
+		    !(old->port == k->sport && old->nat_port == k->dport && tnd_addr16_eq(old->addr, k->saddr)))
 			continue;       /* held by another live connection */
 		if (bpf_map_update_elem(&tnd_lb_snat, &rk, &v, BPF_ANY))
 			return TND_DROP_CT_MAP_INSERTION_FAILED;

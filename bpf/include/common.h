@@ -83,6 +83,13 @@ static __always_inline void tnd_copy_addr16(__u8 *dst, const __u8 *src)
 	d[0] = s[0]; d[1] = s[1]; d[2] = s[2]; d[3] = s[3];
 }
 
+static __always_inline int tnd_addr16_eq(const __u8 *a, const __u8 *b)
+{
+	const __u32 *x = (const __u32 *)a, *y = (const __u32 *)b;   /* 4-byte accesses, as above */
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
 /*
  * Per-packet state, filled step by step (endpoint, parse, conntrack) and
  * read by the last step (metrics, event). One struct on the stack keeps

@@ -50,7 +50,6 @@ static __always_inline void tnd_pkt_init(struct tnd_pkt *p, struct __sk_buff *sk
 static __always_inline int tnd_source_ip_ok(const struct tnd_endpoint_info *ep, const struct tnd_pkt *p)
 {
 	const __u32 *s = (const __u32 *)p->tuple.saddr;
-	const __u32 *own;
 
 	switch (p->tuple.ip_version) {
 	case 4:
@@ -60,8 +59,7 @@ static __always_inline int tnd_source_ip_ok(const struct tnd_endpoint_info *ep, 
 			return 1;
 		if ((bpf_ntohl(s[0]) & 0xffc00000) == 0xfe800000)      /* fe80::/10  */
 			return 1;
-		own = (const __u32 *)ep->ipv6;
-		return s[0] == own[0] && s[1] == own[1] && s[2] == own[2] && s[3] == own[3];
+		return tnd_addr16_eq(p->tuple.saddr, ep->ipv6);
 	}
 	return 1;
 }
