@@ -40,8 +40,7 @@ def http_url(ctx: ConnectionContext, target: str, host: str) -> str:
     return f"http://{host or authority(ctx)}{target}"
 
 
-_ROW_TEMPLATE = rec.empty(1)[0].tolist()
-# The fields _row() sets, in the order it lists their values.
+# The fields an L7 row sets, in the order _values() lists them; the rest keep rec.empty()'s defaults.
 _ROW_FIELDS = (
     "time_ns",
     "uuid",
@@ -64,7 +63,15 @@ _ROW_FIELDS = (
     "ep_id",
     "l7",
 )
-_ROW_POSITIONS = tuple(rec.FLOW_DTYPE.names.index(f) for f in _ROW_FIELDS)
+
+
+def _rows(values: Sequence[tuple]) -> np.ndarray:
+    """Rows from _values() tuples, written column by column (numpy field writes per row cost ~1 us
+    each)."""
+    rows = rec.empty(len(values))
+    for name, column in zip(_ROW_FIELDS, zip(*values, strict=True), strict=True):
+        rows[name] = column
+    return rows
 
 
 class L7FlowWriter:
@@ -74,8 +81,7 @@ class L7FlowWriter:
         self.tables = tables
         self.node_id = node_id
         self.publish = publish
-        self._buf = rec.empty(BATCH)  # rows of the next batch, each written whole
-        self._n = 0
+        self._pending: list[tuple] = []  # _values() of the rows of the next batch
         self._scheduled = False
 
     def _values(
@@ -113,14 +119,9 @@ class L7FlowWriter:
     def _row(
         self, ctx: ConnectionContext, reply: bool, verdict: int, l7: flow_pb2.Layer7, at_ns: int | None = None
     ) -> None:
-        if self._n == len(self._buf):
+        if len(self._pending) == BATCH:
             self.flush()
-        # One tuple assignment per row: numpy field-by-field writes cost ~1 us each.
-        row = list(_ROW_TEMPLATE)
-        for pos, value in zip(_ROW_POSITIONS, self._values(ctx, reply, verdict, l7, at_ns), strict=True):
-            row[pos] = value
-        self._buf[self._n] = tuple(row)
-        self._n += 1
+        self._pending.append(self._values(ctx, reply, verdict, l7, at_ns))
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
@@ -198,20 +199,14 @@ class L7FlowWriter:
     def publish_many(
         self, items: Sequence[tuple[ConnectionContext, bool, int, flow_pb2.Layer7, int]]
     ) -> None:
-        """Many rows at once, column by column (the proxy-free visibility's batches): after the
-        rows still buffered, so the store sees them in order."""
-        if not items:
-            return
+        """Many rows at once (the proxy-free visibility's batches): after the rows still pending, so
+        the store sees them in order."""
         self.flush()
-        rows = rec.empty(len(items))
-        columns = zip(*(self._values(*item) for item in items), strict=True)
-        for name, column in zip(_ROW_FIELDS, columns, strict=True):
-            rows[name] = column
-        self.publish(rows)
+        if items:
+            self.publish(_rows([self._values(*item) for item in items]))
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._n:
-            rows = self._buf[: self._n].copy()
-            self._n = 0
-            self.publish(rows)
+        if self._pending:
+            values, self._pending = self._pending, []
+            self.publish(_rows(values))
