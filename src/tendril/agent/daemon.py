@@ -307,13 +307,14 @@ class Agent:
                 "http_port": self.proxy.port if self.proxy else 0,
                 "dns_port": self.dns_proxy.port if self.dns_proxy else 0,
                 "redirects": self.proxy_redirects(),
-                "visibility_endpoints": self.visibility.stats()["endpoints"],
+                "visibility_endpoints": self.visibility.opted_in(),
             },
         }
 
     def proxy_status(self) -> dict[str, Any]:
         """The L7 proxy: port, counters, and how many policy entries redirect to it; and the
         proxy-free HTTP visibility's counters."""
+        visibility = self.visibility.stats()
         if self.proxy is None:
             return {
                 "port": 0,
@@ -321,11 +322,11 @@ class Agent:
                 "refused": 0,
                 "requests": {},
                 "redirects": 0,
-                "visibility": self.visibility.stats(),
+                "visibility": visibility,
             }
         st = self.proxy.stats
         return {
-            "visibility": self.visibility.stats(),
+            "visibility": visibility,
             "port": self.proxy.port,
             "connections": st.connections,
             "refused": st.refused,

@@ -12,7 +12,6 @@ the path, so nothing is enforced.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +23,7 @@ from tendril.common.errors import InvalidInputError
 from tendril.hubble import record as rec
 from tendril.hubble.api.flow import flow_pb2
 from tendril.hubble.parser.http_snap import Exchange, HttpPairing
-from tendril.proxy.decide import ConnectionContext
+from tendril.proxy.decide import ConnectionContext, meta_ids
 from tendril.proxy.flows import L7FlowWriter, http_url
 
 ANNOTATION = "tendril.io/http-visibility"
@@ -79,14 +78,15 @@ class HttpVisibilityPump(RingPump):
         self.requests = 0
         self.responses = 0
 
+    def opted_in(self) -> int:
+        """Endpoints of this node with visibility on."""
+        state = self.agent.state
+        return sum(1 for ep in state.endpoints.values() if endpoint_flags(state, ep.namespace, ep.pod))
+
     def stats(self) -> dict[str, int]:
         p = self.pairing
         return {
-            "endpoints": sum(
-                1
-                for ep in self.agent.state.endpoints.values()
-                if endpoint_flags(self.agent.state, ep.namespace, ep.pod)
-            ),
+            "endpoints": self.opted_in(),
             "snaps": self.events_read,
             "drains": self.drains,
             "requests": self.requests,
@@ -136,7 +136,7 @@ class HttpVisibilityPump(RingPump):
         client_id, server_id = (
             (own_identity, ex.peer_identity) if ex.egress else (ex.peer_identity, own_identity)
         )
-        metas = self._metas(ex.client.ip, ex.server.ip)
+        src_meta, dst_meta = meta_ids(self.agent.endpoints, ex.client.ip, ex.server.ip)
         return ConnectionContext(
             src_ip=ex.client.ip,
             src_port=ex.client.port,
@@ -144,14 +144,10 @@ class HttpVisibilityPump(RingPump):
             dst_port=ex.server.port,
             src_identity=client_id,
             dst_identity=server_id,
-            src_meta=int(metas[0]),
-            dst_meta=int(metas[1]),
+            src_meta=src_meta,
+            dst_meta=dst_meta,
             ep_id=ex.ep_id,
             # direction: egress when the endpoint is the client, as the proxy reports its rules
             egress=() if ex.egress else None,
             ingress=None if ex.egress else (),
         )
-
-    def _metas(self, *ips: ipaddress.IPv4Address | ipaddress.IPv6Address) -> np.ndarray:
-        raw = [ip.packed + bytes(16 - len(ip.packed)) for ip in ips]
-        return self.agent.endpoints.endpoint_ids(np.array(raw, dtype="V16"))

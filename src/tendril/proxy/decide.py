@@ -58,6 +58,13 @@ class ConnectionContext:
         return self.egress is not None and any(r.allows_dns(name) for r in self.egress)
 
 
+def meta_ids(endpoints: Any, *ips: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[int]:
+    """The flow rows' endpoint metadata ids of addresses (a local pod, a remote one, or the ipcache
+    identity's reserved metadata), through the agent's EndpointManager."""
+    raw = [ip.packed.ljust(16, b"\0") for ip in ips]
+    return [int(i) for i in endpoints.endpoint_ids(np.array(raw, dtype="V16"))]
+
+
 class ProxyPolicy:
     """Answers `connection()` from the agent's endpoints, resolved policies and ipcache."""
 
@@ -73,8 +80,7 @@ class ProxyPolicy:
         return None
 
     def _meta(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-        raw = ip.packed + bytes(16 - len(ip.packed))
-        return int(self.agent.endpoints.endpoint_ids(np.array([raw], dtype="V16"))[0])
+        return meta_ids(self.agent.endpoints, ip)[0]
 
     def connection(
         self, src: tuple[str, int], dst: tuple[str, int], proto: int = IPPROTO_TCP
